@@ -1,0 +1,5 @@
+"""`python -m comfyfleet …` is the `comfyfleet` command."""
+
+from comfyfleet.cli import main
+
+raise SystemExit(main())

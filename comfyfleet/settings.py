@@ -1,0 +1,150 @@
+"""Process settings: one `Settings`, read once.
+
+Sources, strongest first: environment variables (`COMFYFLEET_` prefix, nested with `__`, e.g.
+`COMFYFLEET_ROUTING__STRATEGY=round_robin`), the YAML config file (`comfyfleet.yaml` at the repo
+root, or the path in `COMFYFLEET_CONFIG`), then the defaults below.
+
+Shared infrastructure (the node registry, database credentials) lives in Prefect blocks; per-run
+input lives in flow parameters. This module holds only what a process needs to start.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""The checkout ComfyFleet runs from; `var/` (runtime data) and `workflows/` live here."""
+
+Strategy = Literal[
+    "least_loaded", "round_robin", "random", "weighted", "priority_based", "model_aware"
+]
+
+
+def config_path() -> Path:
+    """The YAML config file in force (it need not exist)."""
+    return Path(os.environ.get("COMFYFLEET_CONFIG", REPO_ROOT / "comfyfleet.yaml"))
+
+
+class NodeConfig(BaseModel):
+    """One ComfyUI node as listed in `comfyfleet.yaml` (applied to its ComfyUINode block)."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    url: str
+    capacity: int = Field(default=2, ge=1, le=64)
+    capabilities: list[str] = Field(
+        default_factory=lambda: [
+            "text_to_image",
+            "text_to_image_sdxl",
+            "image_to_video",
+            "image_to_image",
+        ]
+    )
+    weight: float = Field(default=1.0, gt=0)
+    priority: int = 0
+    enabled: bool = True
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RoutingSettings(BaseModel):
+    strategy: Strategy = "least_loaded"
+
+
+class HealthSettings(BaseModel):
+    probe_interval_s: float = Field(default=2.0, gt=0)
+    failures_to_open: int = Field(default=3, ge=1)
+    open_cooldown_s: float = Field(default=15.0, gt=0)
+    quarantine_faults_per_hour: int = Field(default=20, ge=1)
+
+
+class JobSettings(BaseModel):
+    max_node_faults: int = Field(default=3, ge=1)
+    no_progress_timeout_s: float = Field(default=120.0, gt=0)
+    queue_timeout_s: float = Field(default=3600.0, gt=0)
+
+
+class DatabaseSettings(BaseModel):
+    url: str = f"sqlite:///{REPO_ROOT / 'var' / 'comfyfleet.db'}"
+
+
+class PrefectSettings(BaseModel):
+    api_url: str = "http://127.0.0.1:4200/api"
+
+
+class StoreSettings(BaseModel):
+    outputs_dir: Path = REPO_ROOT / "var" / "outputs"
+
+
+class AuthSettings(BaseModel):
+    token_ttl_minutes: int = Field(default=1440, ge=1)
+    open_registration: bool = False
+
+
+class GatewaySettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    cors_origins: list[str] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    """Everything a ComfyFleet process reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COMFYFLEET_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    nodes: list[NodeConfig] = Field(default_factory=list)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    defaults: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Fleet-wide parameter defaults per workflow id (small sizes for CPU nodes).",
+    )
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Logical model names of the contracts mapped to this fleet's file names.",
+    )
+    workflow_dirs: list[Path] = Field(default_factory=lambda: [REPO_ROOT / "workflows"])
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config_path())
+        return (init_settings, env_settings, yaml_source)
+
+    def node(self, node_id: str) -> NodeConfig:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        known = ", ".join(n.id for n in self.nodes) or "none"
+        raise KeyError(f"unknown node {node_id!r} (configured: {known})")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

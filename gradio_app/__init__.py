@@ -1,0 +1,1 @@
+"""The web process: the REST gateway with the Gradio UI mounted at `/`."""

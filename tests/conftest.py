@@ -1,0 +1,6 @@
+"""Shared pytest configuration: fixtures live in tests/fixtures/ and are loaded as plugins."""
+
+pytest_plugins = [
+    "tests.fixtures.comfy",
+    "tests.fixtures.prefect",
+]

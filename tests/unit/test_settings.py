@@ -1,0 +1,71 @@
+"""Settings: environment beats the YAML file beats the defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from comfyfleet.settings import Settings
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "comfyfleet.yaml"
+    monkeypatch.setenv("COMFYFLEET_CONFIG", str(path))
+    for key in ("COMFYFLEET_ROUTING__STRATEGY", "COMFYFLEET_JOBS__MAX_NODE_FAULTS"):
+        monkeypatch.delenv(key, raising=False)
+    return path
+
+
+def test_yaml_file_overrides_defaults(config_file: Path) -> None:
+    config_file.write_text(
+        "routing: {strategy: round_robin}\n"
+        "nodes: [{id: gpu-1, url: 'http://10.0.0.5:8188', capacity: 3}]\n"
+        "defaults: {sd15-basic: {width: 64}}\n"
+    )
+    settings = Settings()
+    assert settings.routing.strategy == "round_robin"
+    assert settings.node("gpu-1").capacity == 3
+    assert settings.defaults == {"sd15-basic": {"width": 64}}
+    assert settings.jobs.max_node_faults == 3  # untouched default
+
+
+def test_environment_overrides_yaml(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config_file.write_text("routing: {strategy: round_robin}\n")
+    monkeypatch.setenv("COMFYFLEET_ROUTING__STRATEGY", "weighted")
+    monkeypatch.setenv("COMFYFLEET_JOBS__MAX_NODE_FAULTS", "5")
+    settings = Settings()
+    assert settings.routing.strategy == "weighted"
+    assert settings.jobs.max_node_faults == 5
+
+
+def test_missing_config_file_means_defaults(config_file: Path) -> None:
+    settings = Settings()
+    assert settings.routing.strategy == "least_loaded"
+    assert settings.nodes == []
+
+
+def test_unknown_strategy_is_rejected_with_its_name(config_file: Path) -> None:
+    config_file.write_text("routing: {strategy: fastest}\n")
+    with pytest.raises(ValidationError, match="strategy"):
+        Settings()
+
+
+def test_unknown_key_is_rejected(config_file: Path) -> None:
+    config_file.write_text("routng: {strategy: random}\n")
+    with pytest.raises(ValidationError, match="routng"):
+        Settings()
+
+
+def test_bad_node_id_is_rejected(config_file: Path) -> None:
+    config_file.write_text("nodes: [{id: 'GPU 1', url: 'http://x:8188'}]\n")
+    with pytest.raises(ValidationError, match="id"):
+        Settings()
+
+
+def test_unknown_node_lookup_names_the_known_ones(config_file: Path) -> None:
+    config_file.write_text("nodes: [{id: gpu-1, url: 'http://x:8188'}]\n")
+    with pytest.raises(KeyError, match=r"gpu-7.*gpu-1"):
+        Settings().node("gpu-7")
