@@ -83,6 +83,7 @@ class PrefectSettings(BaseModel):
 
 class StoreSettings(BaseModel):
     outputs_dir: Path = REPO_ROOT / "var" / "outputs"
+    inputs_dir: Path = REPO_ROOT / "var" / "inputs"
 
 
 class AuthSettings(BaseModel):

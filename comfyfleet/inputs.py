@@ -1,0 +1,86 @@
+"""Input files (the image of an image-to-video job, …): stored once, synced to nodes on demand.
+
+The control plane keeps every input once, named by its content hash (`<store>/<sha256>.<ext>`).
+A node gets it under the same content-hash name in its input folder's `comfyfleet/` subfolder,
+uploaded only when the node lacks it (checked first), so a file is sent to each node at most once
+and the graph is rewritten to that name. A parameter refers to a stored input as
+`input:<sha256>.<ext>`; operators running flows from Prefect may also pass a local file path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from comfyfleet.comfyui import ComfyUIClient
+
+NODE_SUBFOLDER = "comfyfleet"
+REF_PREFIX = "input:"
+ALLOWED_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
+
+
+class InputError(ValueError):
+    """An input that cannot be used (unknown ref, unreadable file, unsupported type)."""
+
+
+@dataclass(frozen=True)
+class StoredInput:
+    sha256: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def ref(self) -> str:
+        return f"{REF_PREFIX}{self.name}"
+
+
+class InputStore:
+    """Content-addressed input files under one directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def put(self, data: bytes, *, suffix: str) -> StoredInput:
+        suffix = suffix.lower() if suffix.startswith(".") else f".{suffix.lower()}"
+        if suffix not in ALLOWED_SUFFIXES:
+            allowed = ", ".join(sorted(ALLOWED_SUFFIXES))
+            raise InputError(f"unsupported input type {suffix!r} (allowed: {allowed})")
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.root / f"{digest}{suffix}"
+        if not path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".part")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        return StoredInput(sha256=digest, path=path)
+
+    def put_file(self, path: Path) -> StoredInput:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read input file {path}: {exc.strerror}") from exc
+        return self.put(data, suffix=Path(path).suffix)
+
+    def resolve(self, value: str) -> StoredInput:
+        """A parameter value (`input:<name>` or a local file path) → the stored input."""
+        if value.startswith(REF_PREFIX):
+            name = value[len(REF_PREFIX) :]
+            path = self.root / name
+            if "/" in name or "\\" in name or not path.is_file():
+                raise InputError(f"unknown input {value!r}")
+            return StoredInput(sha256=path.stem, path=path)
+        return self.put_file(Path(value))
+
+
+async def sync_input(client: ComfyUIClient, stored: StoredInput) -> str:
+    """Make the node hold the input; returns the name to put in the graph (`comfyfleet/<file>`)."""
+    if not await client.has_input(stored.name, subfolder=NODE_SUBFOLDER):
+        await client.upload_image(stored.path, subfolder=NODE_SUBFOLDER, overwrite=True)
+    return f"{NODE_SUBFOLDER}/{stored.name}"

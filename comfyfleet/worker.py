@@ -1,0 +1,249 @@
+"""The ComfyFleet Prefect worker type: flow runs execute inside the worker process.
+
+Generation flows are I/O-bound (HTTP and a websocket to a ComfyUI node). The stock process worker
+spends ≈2.3 s and ~150 MB booting a Python process per run on these machines; this worker loads
+each deployment's flow once and runs every flow run as an asyncio task in its own process with
+`prefect.flow_engine.run_flow_async`, so states, task retries, logs and the run page behave as
+usual.
+
+One process per host serves every pool of the nodes that host runs: `ComfyFleetWorker` instances
+(one per pool, as Prefect's `BaseWorker` polls one pool) share one event loop.
+
+Run it with `python -m comfyfleet.worker --pool comfyui-gpu-1 [--pool …]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import socket
+from typing import Any
+from uuid import UUID
+
+import anyio
+import anyio.abc
+from prefect.client.schemas.objects import FlowRun
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventRelatedFilter,
+)
+from prefect.flow_engine import run_flow_async
+from prefect.flows import Flow
+from prefect.states import Cancelled
+from prefect.utilities.callables import get_call_parameters, parameters_to_args_kwargs
+from prefect.workers.base import (
+    BaseJobConfiguration,
+    BaseVariables,
+    BaseWorker,
+    BaseWorkerResult,
+)
+
+logger = logging.getLogger(__name__)
+
+WORKER_TYPE = "comfyfleet"
+_CANCELLATION_POLL_S = 10.0  # fallback when the event stream is down
+
+
+class InProcessJobConfiguration(BaseJobConfiguration):
+    """Nothing to configure: the run shares the worker's process and environment."""
+
+
+class InProcessVariables(BaseVariables):
+    """The pool's job variables (the base ones: env, labels, name, command — unused here)."""
+
+
+class InProcessResult(BaseWorkerResult):
+    """Outcome of one in-process flow run (`status_code` 0 unless the engine itself broke)."""
+
+
+def load_flow(entrypoint: str) -> Flow[..., Any]:
+    """Import a flow from a deployment entrypoint like `flows/text_to_image.py:text_to_image`.
+
+    The file is imported as a module of the checkout (`flows.text_to_image`), once per process.
+    """
+    path, _, name = entrypoint.rpartition(":")
+    module_name = path.removesuffix(".py").replace("/", ".").replace("\\", ".").strip(".")
+    obj = getattr(importlib.import_module(module_name), name)
+    if not isinstance(obj, Flow):
+        raise TypeError(f"{entrypoint} is not a Prefect flow")
+    if not obj.isasync:
+        raise TypeError(f"{entrypoint} must be an async flow to run in-process")
+    return obj
+
+
+class ComfyFleetWorker(BaseWorker[InProcessJobConfiguration, InProcessVariables, InProcessResult]):
+    """Polls one work pool and runs its flow runs as tasks of this process."""
+
+    type = WORKER_TYPE
+    job_configuration = InProcessJobConfiguration
+    job_configuration_variables = InProcessVariables
+    _description = "Runs ComfyFleet flow runs inside the worker process (no process per run)."
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._flows: dict[UUID, Flow[..., Any]] = {}
+        self._running: dict[UUID, anyio.CancelScope] = {}
+
+    async def _flow_for(self, flow_run: FlowRun) -> Flow[..., Any]:
+        if flow_run.deployment_id is None:
+            raise ValueError(f"flow run {flow_run.id} has no deployment; nothing to load")
+        cached = self._flows.get(flow_run.deployment_id)
+        if cached is None:
+            deployment = await self.client.read_deployment(flow_run.deployment_id)
+            if not deployment.entrypoint:
+                raise ValueError(f"deployment {deployment.name!r} has no entrypoint")
+            cached = self._flows[flow_run.deployment_id] = load_flow(deployment.entrypoint)
+        return cached
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: InProcessJobConfiguration,
+        task_status: anyio.abc.TaskStatus[str] | None = None,
+    ) -> InProcessResult:
+        flow = await self._flow_for(flow_run)
+        args, kwargs = parameters_to_args_kwargs(flow.fn, flow_run.parameters or {})
+        parameters = get_call_parameters(flow.fn, args, kwargs)
+        identifier = f"{socket.gethostname()}:{os.getpid()}:{flow_run.id}"
+        if task_status is not None:
+            task_status.started(identifier)
+        with anyio.CancelScope() as scope:
+            self._running[flow_run.id] = scope
+            try:
+                await run_flow_async(
+                    flow, flow_run=flow_run, parameters=parameters, return_type="state"
+                )
+            finally:
+                self._running.pop(flow_run.id, None)
+        if scope.cancelled_caught:
+            await self._mark_cancelled(flow_run.id)
+        return InProcessResult(identifier=identifier, status_code=0)
+
+    async def _cancel_run(self, flow_run_id: UUID) -> None:
+        """A run moved to Cancelling: cancel its task here (flows interrupt ComfyUI on cancel)."""
+        scope = self._running.get(flow_run_id)
+        if scope is None:
+            await super()._cancel_run(flow_run_id)
+            return
+        logger.info("cancelling in-process flow run %s", flow_run_id)
+        scope.cancel()
+
+    async def _mark_cancelled(self, flow_run_id: UUID) -> None:
+        await self.client.set_flow_run_state(
+            flow_run_id, Cancelled(message="Cancelled by request; the worker stopped the run."),
+            force=True,
+        )  # fmt: skip
+
+    async def kill_infrastructure(
+        self,
+        infrastructure_pid: str,
+        configuration: InProcessJobConfiguration,
+        grace_seconds: int = 30,
+    ) -> None:
+        """Pending runs have no infrastructure of their own; cancelling them needs nothing."""
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coro: Any) -> None:
+    """Run a coroutine in the background, keeping a reference until it ends."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _follow_events(workers: list[ComfyFleetWorker]) -> None:
+    """React to Prefect events at once; polling stays as the fallback.
+
+    - `prefect.flow-run.Scheduled` in one of our pools → poll that pool now (a 1 s poll alone
+      adds 0.5 s on average to every dispatch; the event arrives in ~10 ms, measured).
+    - `prefect.flow-run.Cancelling` → cancel the run's task if it runs here (its flow then
+      interrupts the prompt on the node), or mark a not-yet-started run Cancelled.
+    """
+    event_filter = EventFilter(
+        event=EventNameFilter(name=["prefect.flow-run.Scheduled", "prefect.flow-run.Cancelling"]),
+        related=EventRelatedFilter(role=["work-pool"]),
+    )
+    while True:
+        try:
+            async with get_events_subscriber(filter=event_filter) as subscriber:
+                async for event in subscriber:
+                    pools = {r.id for r in event.related if r.role == "work-pool"}
+                    for worker in workers:
+                        pool = worker._work_pool  # set once the worker synced
+                        if pool is None or f"prefect.work-pool.{pool.id}" not in pools:
+                            continue
+                        if event.event.endswith(".Scheduled"):
+                            _spawn(worker.get_and_submit_flow_runs())
+                        else:
+                            run_id = UUID(event.resource.id.removeprefix("prefect.flow-run."))
+                            _spawn(worker._cancel_run(run_id))
+        except Exception as exc:  # the server restarted or the socket broke: polling covers
+            logger.warning("event stream unavailable (%s); retrying in 5 s", exc)
+            await asyncio.sleep(5)
+
+
+async def _poll_cancellations(workers: list[ComfyFleetWorker]) -> None:
+    """Fallback for missed events: every few seconds, cancel our running runs now Cancelling."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    while True:
+        await asyncio.sleep(_CANCELLATION_POLL_S)
+        running = {run_id: w for w in workers for run_id in w._running}
+        if not running:
+            continue
+        try:
+            async with get_client() as client:
+                runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        id=FlowRunFilterId(any_=list(running)),
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(any_=[StateType.CANCELLING])
+                        ),
+                    )
+                )
+        except Exception as exc:
+            logger.warning("cancellation poll failed: %s", exc)
+            continue
+        for run in runs:
+            await running[run.id]._cancel_run(run.id)
+
+
+async def serve(pools: list[str], *, name: str | None = None) -> None:
+    """Run one ComfyFleetWorker per pool in this process until cancelled."""
+    host = name or socket.gethostname()
+    workers = [
+        ComfyFleetWorker(work_pool_name=pool, name=f"{host}-{pool}", create_pool_if_not_found=False)
+        for pool in pools
+    ]
+    async with anyio.create_task_group() as tg:
+        for worker in workers:
+            tg.start_soon(worker.start)
+        tg.start_soon(_follow_events, workers)
+        tg.start_soon(_poll_cancellations, workers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m comfyfleet.worker", description=__doc__)
+    parser.add_argument("--pool", action="append", required=True, help="work pool (repeatable)")
+    parser.add_argument("--name", help="worker name prefix (default: host name)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(serve(args.pool, name=args.name))
+
+
+if __name__ == "__main__":
+    main()

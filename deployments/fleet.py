@@ -1,0 +1,138 @@
+"""Create or update, idempotently, everything Prefect needs to run jobs on the fleet's nodes.
+
+For node `gpu-1`: the block document `comfyui-node/gpu-1`, the work pool `comfyui-gpu-1` (type
+`comfyfleet`, concurrency limit = the node's capacity, the server-side interlock), its queues
+`high`/`normal`/`low` (Prefect queue priorities 1/2/3, for runs started from Prefect directly),
+and a deployment `<flow>/gpu-1` per generation flow, pinned to the node by its `node` parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.utilities.callables import parameter_schema
+
+from blocks import ComfyUINode
+from comfyfleet.settings import REPO_ROOT, NodeConfig
+from comfyfleet.worker import WORKER_TYPE, ComfyFleetWorker, load_flow
+
+logger = logging.getLogger(__name__)
+
+QUEUES = {"high": 1, "normal": 2, "low": 3}
+
+
+@dataclass(frozen=True)
+class GenerationFlow:
+    name: str  # flow name = deployment prefix
+    entrypoint: str  # relative to the checkout
+    capability: str
+
+
+GENERATION_FLOWS: tuple[GenerationFlow, ...] = (
+    GenerationFlow("text-to-image", "flows/text_to_image.py:text_to_image", "text_to_image"),
+    GenerationFlow(
+        "text-to-image-sdxl", "flows/text_to_image_sdxl.py:text_to_image_sdxl", "text_to_image_sdxl"
+    ),
+    GenerationFlow("image-to-video", "flows/image_to_video.py:image_to_video", "image_to_video"),
+    GenerationFlow("comfy-workflow", "flows/comfy_workflow.py:comfy_workflow", "*"),
+)
+
+
+def pool_name(node_id: str) -> str:
+    return f"comfyui-{node_id}"
+
+
+async def _ensure_pool(client: PrefectClient, node: NodeConfig) -> None:
+    name = pool_name(node.id)
+    try:
+        await client.create_work_pool(
+            WorkPoolCreate(
+                name=name,
+                type=WORKER_TYPE,
+                base_job_template=ComfyFleetWorker.get_default_base_job_template(),
+                concurrency_limit=node.capacity,
+                description=f"ComfyUI node {node.id} ({node.url})",
+            )
+        )
+        logger.info("created work pool %s (limit %d)", name, node.capacity)
+    except ObjectAlreadyExists:
+        await client.update_work_pool(
+            name,
+            WorkPoolUpdate(
+                concurrency_limit=node.capacity,
+                description=f"ComfyUI node {node.id} ({node.url})",
+            ),
+        )
+    existing = {q.name for q in await client.read_work_queues(work_pool_name=name)}
+    for queue, priority in QUEUES.items():
+        if queue in existing:
+            await client.update_work_queue(
+                id=(await client.read_work_queue_by_name(queue, work_pool_name=name)).id,
+                priority=priority,
+            )
+        else:
+            await client.create_work_queue(name=queue, work_pool_name=name, priority=priority)
+
+
+async def apply_node(client: PrefectClient, node: NodeConfig) -> None:
+    """Block, pool, queues and deployments for one node (create or update)."""
+    block = ComfyUINode(
+        url=node.url,
+        capacity=node.capacity,
+        capabilities=node.capabilities,
+        weight=node.weight,
+        priority=node.priority,
+        enabled=node.enabled,
+        metadata=node.metadata,
+    )
+    await block.asave(node.id, overwrite=True)
+    await _ensure_pool(client, node)
+    for gen in GENERATION_FLOWS:
+        if gen.capability != "*" and gen.capability not in node.capabilities:
+            continue
+        flow = load_flow(gen.entrypoint)
+        flow_id = await client.create_flow_from_name(flow.name)
+        await client.create_deployment(
+            flow_id=flow_id,
+            name=node.id,
+            entrypoint=gen.entrypoint,
+            path=str(REPO_ROOT),
+            work_pool_name=pool_name(node.id),
+            work_queue_name="normal",
+            parameters={"node": node.id},
+            parameter_openapi_schema=parameter_schema(flow.fn).model_dump_for_openapi(),
+            tags=[f"node:{node.id}"]
+            + ([f"capability:{gen.capability}"] if gen.capability != "*" else []),
+            description=f"{flow.description or gen.name} — pinned to node {node.id}",
+            enforce_parameter_schema=True,
+        )
+    logger.info("applied node %s (%s)", node.id, node.url)
+
+
+async def apply_fleet(nodes: list[NodeConfig], *, client: PrefectClient | None = None) -> None:
+    """Apply every node; register the block type first. Safe to run again and again."""
+    await ComfyUINode.aregister_type_and_schema()
+    if client is None:
+        async with get_client() as own:
+            await apply_fleet(nodes, client=own)
+        return
+    for node in nodes:
+        await apply_node(client, node)
+
+
+async def remove_node(client: PrefectClient, node_id: str) -> None:
+    """Delete a node's deployments and pool (its block document stays, disabled)."""
+    for gen in GENERATION_FLOWS:
+        try:
+            dep = await client.read_deployment_by_name(f"{gen.name}/{node_id}")
+        except ObjectNotFound:
+            continue
+        await client.delete_deployment(dep.id)
+    try:
+        await client.delete_work_pool(pool_name(node_id))
+    except ObjectNotFound:
+        pass

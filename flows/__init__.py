@@ -1,0 +1,1 @@
+"""Prefect flows of ComfyFleet: one per generation type, thin layers over the library."""

@@ -1,0 +1,24 @@
+"""comfy-workflow: any catalog workflow on one ComfyUI node (user-added ones, the test `delay`).
+
+    prefect deployment run 'comfy-workflow/gpu-1' -p workflow=sd15-img2img \
+        --params '{"params": {"image": "input:….png", "prompt": "oil painting"}}'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows._tasks import generate, run_name
+
+
+@flow(name="comfy-workflow", flow_run_name=run_name("wf"))
+async def comfy_workflow(
+    workflow: str,
+    node: str,
+    params: dict[str, Any] | None = None,
+    job_id: str | None = None,
+) -> dict[str, Any]:
+    """Run a catalog workflow with its parameters on one ComfyUI node."""
+    return await generate(workflow=workflow, request=params or {}, node=node, job_id=job_id)

@@ -1,0 +1,99 @@
+"""First job end to end: a real Prefect server, the ComfyFleet worker, a real ComfyUI node."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.objects import FlowRun
+
+from comfyfleet.settings import get_settings
+
+pytestmark = pytest.mark.integration
+
+
+async def wait_final(flow_run_id: UUID, *, timeout: float = 180.0) -> FlowRun:
+    async with get_client() as client:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = await client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flow run {flow_run_id} still {run.state_name}")
+            await asyncio.sleep(0.25)
+
+
+def _pngs(job_id: str) -> list[Path]:
+    return sorted((Path(get_settings().store.outputs_dir) / job_id).glob("*.png"))
+
+
+async def test_text_to_image_run_through_prefect_completes_with_png_and_artifacts(
+    prefect_fleet, comfy_fleet
+) -> None:
+    node = comfy_fleet[0].id
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(f"text-to-image/{node}")
+        created = time.monotonic()
+        run = await client.create_flow_run_from_deployment(
+            deployment.id, parameters={"prompt": "a red fox", "width": 64, "height": 96}
+        )
+    final = await wait_final(run.id)
+    print(f"create → Completed in {time.monotonic() - created:.2f}s")
+    assert final.state is not None and final.state.is_completed(), final.state
+
+    pngs = _pngs(run.id.hex)
+    assert pngs, "no PNG stored for the job"
+    with Image.open(pngs[0]) as img:
+        assert img.format == "PNG"
+        assert img.size == (64, 96)
+
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+    kinds = {a.type for a in artifacts}
+    assert {"progress", "markdown"} <= kinds, kinds
+    progress = next(a for a in artifacts if a.type == "progress")
+    assert progress.data == 100.0
+    markdown = next(a for a in artifacts if a.type == "markdown")
+    assert pngs[0].name in str(markdown.data)
+
+
+async def test_rejected_prompt_fails_the_run_at_once_with_the_reason(
+    prefect_fleet, comfy_fleet
+) -> None:
+    node = comfy_fleet[0].id
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(f"text-to-image/{node}")
+        run = await client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={"prompt": "x", "checkpoint": "no-such-model.safetensors"},
+        )
+    final = await wait_final(run.id)
+    assert final.state is not None and final.state.is_failed()
+    assert "no-such-model.safetensors" in (final.state.message or "")
+    async with get_client() as client:
+        task_runs = await client.read_task_runs()
+    submits = [t for t in task_runs if t.flow_run_id == run.id and t.name.startswith("submit")]
+    assert submits and all(t.run_count == 1 for t in submits), "a rejected prompt was retried"
+
+
+def test_prefect_cli_deployment_run_pinned_to_a_node(prefect_fleet, comfy_fleet) -> None:
+    node = comfy_fleet[-1].id
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", "deployment", "run", f"text-to-image/{node}",
+         "-p", "prompt=a red fox", "--watch", "--watch-timeout", "180"],
+        capture_output=True, text=True, timeout=240, env=os.environ.copy(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Completed" in result.stdout + result.stderr

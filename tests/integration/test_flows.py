@@ -1,0 +1,123 @@
+"""Every generation flow through Prefect on real ComfyUI nodes, and cancellation from Prefect."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.states import Cancelling
+
+from comfyfleet.comfyui import ComfyUIClient
+from comfyfleet.inputs import NODE_SUBFOLDER
+from comfyfleet.settings import get_settings
+from tests.integration.test_first_job import wait_final
+
+pytestmark = pytest.mark.integration
+
+
+async def start(deployment: str, parameters: dict[str, Any]):
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name(deployment)
+        return await client.create_flow_run_from_deployment(dep.id, parameters=parameters)
+
+
+def outputs_of(run_id: Any, pattern: str = "*") -> list[Path]:
+    return sorted((Path(get_settings().store.outputs_dir) / run_id.hex).glob(pattern))
+
+
+async def test_sdxl_flow_makes_a_png_of_the_requested_size(prefect_fleet, comfy_fleet) -> None:
+    run = await start(
+        f"text-to-image-sdxl/{comfy_fleet[0].id}", {"prompt": "a lighthouse", "width": 64}
+    )
+    final = await wait_final(run.id, timeout=300)
+    assert final.state.is_completed(), final.state
+    [png] = outputs_of(run.id, "*.png")
+    assert Image.open(png).size == (64, 64)
+
+
+def _still(tmp_path: Path, colour: tuple[int, int, int]) -> Path:
+    path = tmp_path / f"still-{colour[0]}.png"
+    Image.new("RGB", (64, 64), colour).save(path)
+    return path
+
+
+async def test_image_to_video_syncs_the_input_once_and_makes_an_animation(
+    prefect_fleet, comfy_fleet, tmp_path: Path
+) -> None:
+    node = comfy_fleet[0]
+    still = _still(tmp_path, (200, 40, 40))
+    runs = []
+    for seed in (1, 2):
+        run = await start(f"image-to-video/{node.id}", {"image": str(still), "seed": seed})
+        runs.append(await wait_final(run.id, timeout=300))
+    for run in runs:
+        assert run.state.is_completed(), run.state
+        [video] = outputs_of(run.id, "*.webp")
+        with Image.open(video) as img:
+            assert img.is_animated and img.n_frames == 4
+    synced = list((node.process.input_dir / NODE_SUBFOLDER).iterdir())
+    assert len(synced) == 1, synced  # uploaded once, by content hash
+
+
+async def test_generic_flow_runs_a_test_workflow(prefect_fleet, comfy_fleet) -> None:
+    run = await start(
+        f"comfy-workflow/{comfy_fleet[1].id}",
+        {"workflow": "delay", "params": {"seconds": 0.2, "width": 32, "height": 48}},
+    )
+    final = await wait_final(run.id)
+    assert final.state.is_completed(), final.state
+    [png] = outputs_of(run.id, "*.png")
+    assert Image.open(png).size == (32, 48)
+
+
+async def test_node_exception_fails_the_run_with_the_node_message(
+    prefect_fleet, comfy_fleet
+) -> None:
+    run = await start(
+        f"comfy-workflow/{comfy_fleet[1].id}",
+        {"workflow": "fail", "params": {"seconds": 0.1, "message": "boom from the node"}},
+    )
+    final = await wait_final(run.id)
+    assert final.state.is_failed()
+    assert "boom from the node" in final.state.message
+    assert "TestFail" in final.state.message
+
+
+async def test_cancelling_from_prefect_interrupts_the_prompt_on_the_node(
+    prefect_fleet, comfy_fleet
+) -> None:
+    node = comfy_fleet[1]
+    run = await start(
+        f"comfy-workflow/{node.id}",
+        {"workflow": "delay", "params": {"seconds": 60, "steps": 60}},
+    )
+    prompt_id = None
+    async with ComfyUIClient(node.url) as comfy:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until the node runs it
+            queue = await comfy.queue()
+            if queue.running:
+                prompt_id = queue.running[0]
+                break
+            await asyncio.sleep(0.2)
+        assert prompt_id is not None, "the delay prompt never started on the node"
+        cancelled_at = time.monotonic()
+        async with get_client() as client:
+            await client.set_flow_run_state(run.id, Cancelling(), force=True)
+        final = await wait_final(run.id, timeout=60)
+        print(f"Cancelling → {final.state_name} in {time.monotonic() - cancelled_at:.2f}s")
+        assert final.state.is_cancelled(), final.state
+        entry = None
+        for _ in range(50):  # the interrupted prompt lands in the node's history
+            entry = await comfy.history(prompt_id)
+            if entry is not None:
+                break
+            await asyncio.sleep(0.2)
+        assert entry is not None and entry.status_str == "error"
+        assert (await comfy.queue()).running == []
