@@ -155,7 +155,7 @@ async def _smoke_job(node: str) -> None:
                 logger.warning("smoke job %s still %s after 300 s", run.name, run.state_name)
                 return
             await asyncio.sleep(0.5)
-    outputs = sorted((get_settings().store.outputs_dir / str(run.id)).glob("*"))
+    outputs = sorted((get_settings().store.outputs_dir / run.id.hex).glob("*"))
     logger.info(
         "smoke job %s on %s: %s in %.1fs → %s",
         run.name, node, run.state_name, time.monotonic() - started,
@@ -166,6 +166,7 @@ async def _smoke_job(node: str) -> None:
 def up(*, smoke: bool = True) -> int:
     """Run the embedded fleet until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = get_settings()
     if not settings.nodes:
         logger.error("no nodes configured (comfyfleet.yaml `nodes:`)")
