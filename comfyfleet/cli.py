@@ -24,7 +24,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from comfyfleet.settings import Settings
 
-AREAS: tuple[str, ...] = ("comfyfleet.embedded", "comfyfleet.catalog.commands")
+AREAS: tuple[str, ...] = (
+    "comfyfleet.embedded",
+    "comfyfleet.catalog.commands",
+    "comfyfleet.store_commands",
+)
 """Modules whose `register(subparsers)` adds subcommands, in help order."""
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"

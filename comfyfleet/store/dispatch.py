@@ -1,0 +1,306 @@
+"""The backlog: which queued job runs next, claimed exactly once; requeue after a node fault.
+
+Order of the backlog (`claim_next_job`, `backlog_order`):
+
+1. **Effective priority level**, lowest first: `level - lift`, where `lift` = 1 once a job has
+   waited `aging_s` (default 10 min) and 2 once it has waited `2 × aging_s`, never below 0
+   (high). So a `low` job waiting 10 min competes as `normal`, after 20 min as `high`: priority
+   decides while waits are short, and nothing starves however busy the higher levels are.
+2. **Fair share between owners** inside a level: the owner served least recently goes first
+   (an owner never served goes before everyone). Serving a job stamps its owner
+   (`owner_shares.last_served_at`), so owners with queued work take turns: round-robin. A user
+   with 50 queued jobs does not delay a user who queues 5 afterwards by more than one job each.
+3. **Age**: the owner's oldest job first (then the id, for a total order).
+
+Eligibility: only jobs that one of the free nodes can take (`capabilities_free` maps each node
+with a free slot to its capabilities; a job pinned to a node is eligible only when that node is
+free), and not owners (or clients) already running `max_running` jobs.
+
+Exactly once: the claim moves one job `queued` → `dispatched` in the caller's transaction.
+Candidates are read without locks in the order above; each is then locked by primary key with
+`SELECT … FOR UPDATE SKIP LOCKED` on MySQL/MariaDB (a row another dispatcher is claiming is
+skipped, not waited for) and changed with a guarded `UPDATE … WHERE status = 'queued'` whose row
+count must be 1 (this alone is what makes it exact on SQLite, where `BEGIN IMMEDIATE` serialises
+writers). Locking by primary key, one candidate at a time, keeps a claim from locking (and making
+other dispatchers skip) rows it does not take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, false, func, or_, select
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, aliased
+
+from comfyfleet.store._sql import guarded_job_update, refresh_job, ts
+from comfyfleet.store.attempts import finish_attempt, list_attempts
+from comfyfleet.store.db import is_mysql
+from comfyfleet.store.models import ACTIVE_JOB_STATUSES, ApiClient, Job, OwnerShare, User
+from comfyfleet.store.types import utcnow
+
+DEFAULT_AGING_S = 600.0
+"""Seconds of waiting that lift a job one priority level (see the module docstring)."""
+DEFAULT_MAX_NODE_FAULTS = 3
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+FreeNodes = Mapping[str, Collection[str]] | Collection[str]
+"""`{node id: capabilities}` of nodes with a free slot, or just a set of capabilities (then
+pinned jobs are not eligible)."""
+
+
+def _eligible(capabilities_free: FreeNodes) -> Any:
+    if isinstance(capabilities_free, Mapping):
+        nodes = {node: sorted(set(caps)) for node, caps in capabilities_free.items()}
+    else:
+        nodes = {None: sorted(set(capabilities_free))}
+    everything = sorted({cap for caps in nodes.values() for cap in caps})
+    clauses = []
+    if everything:
+        clauses.append(and_(Job.pinned_node.is_(None), Job.capability.in_(everything)))
+    for node, caps in nodes.items():
+        if node is not None and caps:
+            clauses.append(and_(Job.pinned_node == node, Job.capability.in_(caps)))
+    return or_(*clauses) if clauses else None
+
+
+def _ordered_backlog(capabilities_free: FreeNodes | None, now: datetime, aging_s: float) -> Any:
+    active = aliased(Job)
+    running_of_owner = (
+        select(func.count())
+        .select_from(active)
+        .where(active.owner_id == Job.owner_id, active.status.in_(ACTIVE_JOB_STATUSES))
+        .scalar_subquery()
+    )
+    running_of_client = (
+        select(func.count())
+        .select_from(active)
+        .where(active.client_id == Job.client_id, active.status.in_(ACTIVE_JOB_STATUSES))
+        .scalar_subquery()
+    )
+    lift = case(
+        (Job.created_at <= now - timedelta(seconds=2 * aging_s), 2),
+        (Job.created_at <= now - timedelta(seconds=aging_s), 1),
+        else_=0,
+    )
+    effective = case((Job.priority - lift < 0, 0), else_=Job.priority - lift)
+    served = func.coalesce(OwnerShare.last_served_at, ts(_EPOCH))
+    stmt = (
+        select(Job.id, Job.owner_id)
+        .join(User, User.id == Job.owner_id)
+        .outerjoin(OwnerShare, OwnerShare.owner_id == Job.owner_id)
+        .outerjoin(ApiClient, ApiClient.id == Job.client_id)
+        .where(
+            Job.status == "queued",
+            Job.cancel_requested == false(),
+            or_(User.max_running.is_(None), running_of_owner < User.max_running),
+            or_(
+                Job.client_id.is_(None),
+                ApiClient.max_running.is_(None),
+                running_of_client < ApiClient.max_running,
+            ),
+        )
+        .order_by(effective, served, Job.created_at, Job.id)
+    )
+    if capabilities_free is not None:
+        eligible = _eligible(capabilities_free)
+        if eligible is None:
+            return None
+        stmt = stmt.where(eligible)
+    return stmt
+
+
+def backlog_order(
+    session: Session,
+    *,
+    capabilities_free: FreeNodes | None = None,
+    now: datetime | None = None,
+    aging_s: float = DEFAULT_AGING_S,
+    limit: int = 50,
+) -> list[Job]:
+    """The queued jobs in the order the dispatcher would take them (admin backlog view)."""
+    stmt = _ordered_backlog(capabilities_free, now or utcnow(), aging_s)
+    if stmt is None:
+        return []
+    ids = [row.id for row in session.execute(stmt.limit(limit))]
+    jobs = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
+    return [jobs[i] for i in ids if i in jobs]
+
+
+def _take(session: Session, job_id: str, owner_id: int, now: datetime) -> Job | None:
+    if is_mysql(session):
+        locked = session.scalar(
+            select(Job.id)
+            .where(Job.id == job_id, Job.status == "queued")
+            .with_for_update(skip_locked=True)
+        )
+        if locked is None:
+            return None
+    if not guarded_job_update(session, job_id, ("queued",), status="dispatched", dispatched_at=now):
+        return None
+    _mark_served(session, owner_id, now)
+    return refresh_job(session, job_id)
+
+
+def claim_next_job(
+    session: Session,
+    *,
+    capabilities_free: FreeNodes,
+    now: datetime | None = None,
+    aging_s: float = DEFAULT_AGING_S,
+    candidates: int = 16,
+) -> Job | None:
+    """Claim the next job one of the free nodes can take (`queued` → `dispatched`), or None.
+
+    Commit the caller's transaction to make the claim visible (`Database.run` does). The
+    claimed job's `capability` / `pinned_node` tell the router which free nodes may take it.
+    """
+    now = now or utcnow()
+    stmt = _ordered_backlog(capabilities_free, now, aging_s)
+    if stmt is None:
+        return None
+    for _round in range(3):
+        rows = session.execute(stmt.limit(candidates)).all()
+        if not rows:
+            return None
+        for row in rows:
+            job = _take(session, row.id, row.owner_id, now)
+            if job is not None:
+                return job
+    return None
+
+
+def claim_job(session: Session, *, job_id: str, now: datetime | None = None) -> Job | None:
+    """Claim one given job (`queued` → `dispatched`), e.g. a run started on a node directly
+    from Prefect; None if it is not queued (someone else took it, or it was cancelled)."""
+    now = now or utcnow()
+    owner_id = session.scalar(select(Job.owner_id).where(Job.id == job_id))
+    if owner_id is None:
+        return None
+    return _take(session, job_id, owner_id, now)
+
+
+def _mark_served(session: Session, owner_id: int, now: datetime) -> None:
+    values = {"owner_id": owner_id, "last_served_at": now, "served_count": 1}
+    if is_mysql(session):
+        stmt = mysql_insert(OwnerShare).values(**values)
+        stmt = stmt.on_duplicate_key_update(
+            last_served_at=stmt.inserted.last_served_at,
+            served_count=OwnerShare.served_count + 1,
+        )
+    else:
+        dialect = session.get_bind().dialect.name
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        stmt = insert(OwnerShare).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[OwnerShare.owner_id],
+            set_={
+                "last_served_at": stmt.excluded.last_served_at,
+                "served_count": OwnerShare.served_count + 1,
+            },
+        )
+    session.execute(stmt)
+
+
+def requeue_job_after_node_fault(
+    session: Session,
+    *,
+    job_id: str,
+    attempt_id: str,
+    reason: str,
+    max_node_faults: int | None = None,
+    gpu_seconds: float | None = None,
+    now: datetime | None = None,
+) -> str | None:
+    """The attempt ends `node_fault`; the job goes back to `queued` (a new attempt on another
+    node follows), or fails with every attempt's reason once it has had `max_node_faults`
+    (default `jobs.max_node_faults`), or is cancelled if a cancel was requested.
+
+    Exactly once per attempt: a second report of the same fault changes nothing. Returns the
+    job's status afterwards (None: unknown job).
+    """
+    now = now or utcnow()
+    if max_node_faults is None:
+        from comfyfleet.settings import get_settings
+
+        max_node_faults = get_settings().jobs.max_node_faults
+    if not finish_attempt(
+        session,
+        attempt_id=attempt_id,
+        status="node_fault",
+        reason=reason,
+        gpu_seconds=gpu_seconds,
+        now=now,
+    ):
+        job = refresh_job(session, job_id)
+        return job.status if job is not None else None
+    if not guarded_job_update(
+        session, job_id, ACTIVE_JOB_STATUSES, node_faults=Job.node_faults + 1
+    ):
+        job = refresh_job(session, job_id)
+        return job.status if job is not None else None
+    job = refresh_job(session, job_id)
+    assert job is not None
+    if job.cancel_requested:
+        guarded_job_update(
+            session, job_id, ACTIVE_JOB_STATUSES, status="cancelled", finished_at=now
+        )
+    elif job.node_faults >= max_node_faults:
+        reasons = "; ".join(
+            f"attempt {a.number} on {a.node}: {a.reason or a.status}"
+            for a in list_attempts(session, job_id=job_id)
+        )
+        error = f"failed after {job.node_faults} node faults: {reasons}"
+        guarded_job_update(
+            session, job_id, ACTIVE_JOB_STATUSES, status="failed", error=error, finished_at=now
+        )
+    else:
+        guarded_job_update(
+            session,
+            job_id,
+            ACTIVE_JOB_STATUSES,
+            status="queued",
+            dispatched_at=None,
+            progress_value=0,
+            progress_max=0,
+        )
+    job = refresh_job(session, job_id)
+    assert job is not None
+    return job.status
+
+
+def backlog_counts(session: Session) -> list[tuple[str, int, int]]:
+    """(capability, priority level, queued jobs) for the admin backlog view and model pressure."""
+    rows = session.execute(
+        select(Job.capability, Job.priority, func.count())
+        .where(Job.status == "queued")
+        .group_by(Job.capability, Job.priority)
+        .order_by(Job.capability, Job.priority)
+    )
+    return [(cap, prio, int(n)) for cap, prio, n in rows]
+
+
+def expire_queued_jobs(
+    session: Session, *, older_than_s: float, now: datetime | None = None
+) -> list[str]:
+    """Fail jobs queued longer than `older_than_s` (`jobs.queue_timeout_s`); their ids."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=older_than_s)
+    ids = list(
+        session.scalars(select(Job.id).where(Job.status == "queued", Job.created_at < cutoff))
+    )
+    expired = []
+    for job_id in ids:
+        message = (
+            f"queued for more than {older_than_s:g} s: no node with the capability and models "
+            "this job needs had a free slot"
+        )
+        if guarded_job_update(
+            session, job_id, ("queued",), status="failed", error=message, finished_at=now
+        ):
+            expired.append(job_id)
+    return expired
