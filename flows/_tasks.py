@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +22,24 @@ from prefect.artifacts import (
     acreate_progress_artifact,
     aupdate_progress_artifact,
 )
+from prefect.client.orchestration import get_client
 from prefect.events import emit_event
 from prefect.runtime import flow_run
+from prefect.states import Cancelling
 
 from blocks import ComfyUINode
+from comfyfleet import attempts
 from comfyfleet.catalog import Catalog, RenderedPrompt, Workflow
-from comfyfleet.comfyui import ComfyUIClient, Progress, retry_if_transient
+from comfyfleet.comfyui import ComfyUIClient, Progress, is_node_fault, retry_if_transient
 from comfyfleet.inputs import InputStore, sync_input
 from comfyfleet.outputs import OutputRecord, store_output
 from comfyfleet.settings import get_settings
 
 PROGRESS_EVENT = "comfy.progress"
 _PROGRESS_INTERVAL_S = 0.2  # progress artifact / event throttle
+_DB_PROGRESS_INTERVAL_S = 0.5  # durable progress in the job row
+NODE_GONE_AFTER_S = 6.0
+"""A node whose websocket cannot be re-established for this long has failed the attempt."""
 
 _RETRY = dict(retries=3, retry_delay_seconds=[1, 2, 4], retry_jitter_factor=0.3,
               retry_condition_fn=retry_if_transient)  # fmt: skip
@@ -95,11 +103,14 @@ async def submit(url: str, graph: dict[str, Any], prompt_id: str) -> None:
 
 
 class _ProgressReporter:
-    """Relays ComfyUI step progress to a Prefect progress artifact and `comfy.job.<id>` events."""
+    """Relays ComfyUI step progress to a Prefect progress artifact, `comfy.job.<id>` events and
+    (throttled further) the job row."""
 
-    def __init__(self, job_id: str, node: str, artifact_id: Any) -> None:
-        self.job_id, self.node, self.artifact_id = job_id, node, artifact_id
+    def __init__(self, info: attempts.AttemptInfo, artifact_id: Any) -> None:
+        self.info, self.artifact_id = info, artifact_id
+        self.job_id, self.node = info.job_id, info.node
         self._last = 0.0
+        self._last_db = 0.0
 
     async def __call__(self, message: Any) -> None:
         if not isinstance(message, Progress):
@@ -117,24 +128,28 @@ class _ProgressReporter:
             payload={"value": message.value, "max": message.max, "node": self.node,
                      "comfy_node": message.node},
         )  # fmt: skip
+        if message.value >= message.max or now - self._last_db >= _DB_PROGRESS_INTERVAL_S:
+            self._last_db = now
+            db = attempts.database(get_settings().database.url)
+            await asyncio.to_thread(attempts.progress, db, self.info, message.value, message.max)
 
 
-@task(name="follow", **_RETRY)
-async def follow(url: str, prompt_id: str, job_id: str, node: str) -> float:
+@task(name="follow")
+async def follow(url: str, info: attempts.AttemptInfo) -> float:
     """Follow the prompt over the websocket to its end; returns its execution seconds.
 
     Cancelled (the run was cancelled in Prefect or through ComfyFleet) → the prompt is
     interrupted on the node, or deleted from its queue if it had not started.
     """
     artifact_id = await acreate_progress_artifact(
-        progress=0.0, description=f"Sampling progress of job {job_id} on {node}"
+        progress=0.0, description=f"Sampling progress of job {info.job_id} on {info.node}"
     )
-    reporter = _ProgressReporter(job_id, node, artifact_id)
-    async with ComfyUIClient(url) as client:
+    reporter = _ProgressReporter(info, artifact_id)
+    async with ComfyUIClient(url, unavailable_after=NODE_GONE_AFTER_S) as client:
         try:
-            result = await client.wait(prompt_id, on_message=reporter)
+            result = await client.wait(info.attempt_id, on_message=reporter)
         except asyncio.CancelledError:
-            await asyncio.shield(_stop_prompt(client, prompt_id))
+            await asyncio.shield(_stop_prompt(client, info.attempt_id))
             raise
     await aupdate_progress_artifact(artifact_id, progress=100.0)
     return result.duration_s or 0.0
@@ -188,24 +203,77 @@ async def publish(
     )
 
 
+@asynccontextmanager
+async def _lease(db: Any, info: attempts.AttemptInfo) -> AsyncIterator[None]:
+    """Renew the attempt's lease while the body runs; act on a cancel asked through ComfyFleet.
+
+    A cancel request moves this flow run to Cancelling in Prefect, so the worker cancels it the
+    same way as a cancel from the Prefect UI (the prompt is interrupted on the node).
+    """
+
+    async def keep() -> None:
+        asked = False
+        while True:
+            await asyncio.sleep(attempts.LEASE_RENEW_S)
+            live = await asyncio.to_thread(attempts.renew, db, info)
+            if asked:
+                continue
+            if not live or await asyncio.to_thread(attempts.cancel_requested, db, info):
+                asked = True
+                async with get_client() as client:
+                    await client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+
+    keeper = asyncio.create_task(keep())
+    try:
+        yield
+    finally:
+        keeper.cancel()
+
+
 async def generate(
-    *, workflow: str, request: dict[str, Any], node: str, job_id: str | None
-) -> dict[str, Any]:
+    *, workflow: str, request: dict[str, Any], node: str, job_id: str | None,
+    attempt_id: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """One attempt of a job on one node: the body every generation flow shares."""
-    job_id = job_id or str(flow_run.id).replace("-", "")
+    db = attempts.database(get_settings().database.url)
     request = {k: v for k, v in request.items() if v is not None}
-    target = await resolve_node(node)
-    request = await sync_inputs(target.url, workflow, request)
-    rendered = render(workflow, request, job_id)
-    prompt_id = f"{job_id}-1"
-    await submit(target.url, rendered.graph, prompt_id)
-    seconds = await follow(target.url, prompt_id, job_id, node)
-    outputs = await collect_outputs(target.url, prompt_id, job_id, node, rendered.output_nodes)
-    await publish(job_id, node, workflow, rendered.params, outputs)
+    info = await asyncio.to_thread(
+        attempts.adopt_or_record, db, job_id=job_id, attempt_id=attempt_id, node=node,
+        workflow=load_workflow(workflow), request=request, flow_run_id=str(flow_run.id),
+    )  # fmt: skip
+    if await asyncio.to_thread(attempts.cancel_requested, db, info):
+        await asyncio.to_thread(attempts.cancelled, db, info)
+        return {"job_id": info.job_id, "attempt_id": info.attempt_id, "cancelled": True}
+    try:
+        target = await resolve_node(info.node)
+        synced = await sync_inputs(target.url, info.workflow, info.params)
+        rendered = render(info.workflow, synced, info.job_id)
+        await submit(target.url, rendered.graph, info.attempt_id)
+        await asyncio.to_thread(attempts.started, db, info)
+        async with _lease(db, info):
+            seconds = await follow(target.url, info)
+            outputs = await collect_outputs(
+                target.url, info.attempt_id, info.job_id, info.node, rendered.output_nodes
+            )
+        await asyncio.to_thread(attempts.completed, db, info, outputs, seconds)
+    except asyncio.CancelledError:
+        if await asyncio.to_thread(attempts.cancel_requested, db, info):
+            await asyncio.shield(asyncio.to_thread(attempts.cancelled, db, info))
+        raise
+    except Exception as exc:
+        if is_node_fault(exc):
+            status = await asyncio.to_thread(attempts.node_fault, db, info, str(exc))
+            get_run_logger().warning("node %s failed the attempt (%s); job is %s",
+                                     info.node, exc, status)  # fmt: skip
+        else:
+            await asyncio.to_thread(attempts.failed, db, info, str(exc))
+        raise
+    await publish(info.job_id, info.node, info.workflow, rendered.params, outputs)
     return {
-        "job_id": job_id,
-        "node": node,
-        "workflow": workflow,
+        "job_id": info.job_id,
+        "attempt_id": info.attempt_id,
+        "node": info.node,
+        "workflow": info.workflow,
         "params": rendered.params,
         "gpu_seconds": seconds,
         "outputs": [o.model_dump() for o in outputs],

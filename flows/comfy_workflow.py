@@ -19,6 +19,9 @@ async def comfy_workflow(
     node: str,
     params: dict[str, Any] | None = None,
     job_id: str | None = None,
+    attempt_id: str | None = None,
 ) -> dict[str, Any]:
     """Run a catalog workflow with its parameters on one ComfyUI node."""
-    return await generate(workflow=workflow, request=params or {}, node=node, job_id=job_id)
+    return await generate(
+        workflow=workflow, request=params or {}, node=node, job_id=job_id, attempt_id=attempt_id
+    )

@@ -32,6 +32,7 @@ async def image_to_video(
     checkpoint: str | None = None,
     workflow: str = "svd-basic",
     job_id: str | None = None,
+    attempt_id: str | None = None,
 ) -> dict[str, Any]:
     """Animate a still image with an SVD workflow on one ComfyUI node."""
     request = dict(
@@ -39,4 +40,6 @@ async def image_to_video(
         augmentation_level=augmentation_level, width=width, height=height, steps=steps, cfg=cfg,
         seed=seed, checkpoint=checkpoint,
     )  # fmt: skip
-    return await generate(workflow=workflow, request=request, node=node, job_id=job_id)
+    return await generate(
+        workflow=workflow, request=request, node=node, job_id=job_id, attempt_id=attempt_id
+    )

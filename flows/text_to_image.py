@@ -34,6 +34,7 @@ async def text_to_image(
     checkpoint: str | None = None,
     workflow: str = "sd15-basic",
     job_id: str | None = None,
+    attempt_id: str | None = None,
 ) -> dict[str, Any]:
     """Generate images from a text prompt with an SD1.5 workflow on one ComfyUI node."""
     request = dict(
@@ -41,4 +42,6 @@ async def text_to_image(
         cfg=cfg, seed=seed, sampler=sampler, scheduler=scheduler, batch_size=batch_size,
         checkpoint=checkpoint,
     )  # fmt: skip
-    return await generate(workflow=workflow, request=request, node=node, job_id=job_id)
+    return await generate(
+        workflow=workflow, request=request, node=node, job_id=job_id, attempt_id=attempt_id
+    )

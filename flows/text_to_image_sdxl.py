@@ -28,6 +28,7 @@ async def text_to_image_sdxl(
     checkpoint: str | None = None,
     workflow: str = "sdxl-basic",
     job_id: str | None = None,
+    attempt_id: str | None = None,
 ) -> dict[str, Any]:
     """Generate images from a text prompt with an SDXL workflow on one ComfyUI node."""
     request = dict(
@@ -35,4 +36,6 @@ async def text_to_image_sdxl(
         cfg=cfg, seed=seed, sampler=sampler, scheduler=scheduler, batch_size=batch_size,
         checkpoint=checkpoint,
     )  # fmt: skip
-    return await generate(workflow=workflow, request=request, node=node, job_id=job_id)
+    return await generate(
+        workflow=workflow, request=request, node=node, job_id=job_id, attempt_id=attempt_id
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun
 
-from comfyfleet.settings import get_settings
+from comfyfleet.store import Database, get_job
+from comfyfleet.store.models import Attempt, Job
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +35,24 @@ async def wait_final(flow_run_id: UUID, *, timeout: float = 180.0) -> FlowRun:
             await asyncio.sleep(0.25)
 
 
-def _pngs(job_id: str) -> list[Path]:
-    return sorted((Path(get_settings().store.outputs_dir) / job_id).glob("*.png"))
+def job_of_run(flow_run_id: UUID) -> Job:
+    """The job a flow run was an attempt of, with its attempts and outputs (from the store)."""
+    from sqlalchemy import select
+
+    db = Database.from_settings()
+    try:
+        with db.session(readonly=True) as session:
+            attempt = session.scalars(
+                select(Attempt).where(Attempt.flow_run_id == str(flow_run_id))
+            ).one()
+            return get_job(session, job_id=attempt.job_id, with_details=True)
+    finally:
+        db.dispose()
+
+
+def _pngs(flow_run_id: UUID) -> list[Path]:
+    job = job_of_run(flow_run_id)
+    return sorted(Path(o.path) for o in job.outputs if o.name.endswith(".png"))
 
 
 async def test_text_to_image_run_through_prefect_completes_with_png_and_artifacts(
@@ -51,7 +69,7 @@ async def test_text_to_image_run_through_prefect_completes_with_png_and_artifact
     print(f"create → Completed in {time.monotonic() - created:.2f}s")
     assert final.state is not None and final.state.is_completed(), final.state
 
-    pngs = _pngs(run.id.hex)
+    pngs = _pngs(run.id)
     assert pngs, "no PNG stored for the job"
     with Image.open(pngs[0]) as img:
         assert img.format == "PNG"
@@ -67,6 +85,15 @@ async def test_text_to_image_run_through_prefect_completes_with_png_and_artifact
     assert progress.data == 100.0
     markdown = next(a for a in artifacts if a.type == "markdown")
     assert pngs[0].name in str(markdown.data)
+
+    job = job_of_run(run.id)  # recorded as a job of the `prefect` service user, with provenance
+    assert job.status == "completed" and job.owner.username == "prefect"
+    assert job.pinned_node == node and job.node == node and job.gpu_seconds > 0
+    [attempt] = job.attempts
+    assert attempt.status == "completed" and attempt.flow_run_id == str(run.id)
+    [output] = job.outputs
+    assert output.node == node and output.prompt_id == attempt.id
+    assert output.sha256 == hashlib.sha256(pngs[0].read_bytes()).hexdigest()
 
 
 async def test_rejected_prompt_fails_the_run_at_once_with_the_reason(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,7 @@ from prefect.states import Cancelling
 
 from comfyfleet.comfyui import ComfyUIClient
 from comfyfleet.inputs import NODE_SUBFOLDER
-from comfyfleet.settings import get_settings
-from tests.integration.test_first_job import wait_final
+from tests.integration.test_first_job import job_of_run, wait_final
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,8 @@ async def start(deployment: str, parameters: dict[str, Any]):
 
 
 def outputs_of(run_id: Any, pattern: str = "*") -> list[Path]:
-    return sorted((Path(get_settings().store.outputs_dir) / run_id.hex).glob(pattern))
+    job = job_of_run(run_id)
+    return sorted(Path(o.path) for o in job.outputs if fnmatch(o.name, pattern))
 
 
 async def test_sdxl_flow_makes_a_png_of_the_requested_size(prefect_fleet, comfy_fleet) -> None:

@@ -1,0 +1,140 @@
+"""Submit, look at and cancel jobs: the one entry point every caller uses.
+
+The REST gateway, the Gradio UI, the CLI, batch flows and the routed `<flow>/fleet` deployments
+all come through here. A request is validated against its workflow contract before anything is
+written (a `ParamError` names the parameter and what is allowed; an unknown workflow raises
+`UnknownWorkflowError`), quotas are checked in the same transaction that writes the `queued` job,
+and the dispatcher (comfyfleet.fleet.dispatcher) takes it from there.
+
+Calls are synchronous (SQLAlchemy); async callers run them with `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from comfyfleet.auth import Principal
+from comfyfleet.catalog import Catalog
+from comfyfleet.settings import Settings, get_settings
+from comfyfleet.store import (
+    TERMINAL_JOB_STATUSES,
+    Database,
+    NotFound,
+    check_quota,
+    create_job,
+    get_job,
+    job_to_dict,
+    list_jobs,
+    request_cancel,
+)
+from comfyfleet.store.models import Job
+
+Priority = Literal["high", "normal", "low"]
+
+# The bundled workflow each generation type runs unless the request names another.
+DEFAULT_WORKFLOWS = {
+    "text_to_image": "sd15-basic",
+    "text_to_image_sdxl": "sdxl-basic",
+    "image_to_video": "svd-basic",
+    "image_to_image": "sd15-img2img",
+}
+
+
+class JobRequest(BaseModel):
+    """What a caller asks for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: str = Field(description="Catalog workflow id, e.g. sd15-basic.")
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = "normal"
+    webhook_url: str | None = Field(default=None, max_length=2000)
+    pinned_node: str | None = Field(default=None, description="Run only on this node.")
+    batch_id: str | None = None
+
+
+def load_catalog(settings: Settings | None = None) -> Catalog:
+    settings = settings or get_settings()
+    return Catalog.load(
+        settings.workflow_dirs, fleet_defaults=settings.defaults, model_map=settings.models
+    )
+
+
+def submit(
+    db: Database, request: JobRequest, *, principal: Principal, catalog: Catalog | None = None
+) -> Job:
+    """Validate and queue a job; returns it (`queued`). Nothing is written if validation fails."""
+    catalog = catalog or load_catalog()
+    workflow = catalog.get(request.workflow)
+    params = workflow.validate(request.params)
+
+    def write(session: Any) -> Job:
+        user = session.merge(principal.user, load=False)
+        client = (
+            session.merge(principal.client, load=False) if principal.client is not None else None
+        )
+        check_quota(session, user=user, client=client)
+        return create_job(
+            session,
+            workflow=workflow.id,
+            capability=workflow.capability,
+            params=params,
+            request=dict(request.params),
+            owner=user,
+            client=client,
+            priority=request.priority,
+            pinned_node=request.pinned_node,
+            webhook_url=request.webhook_url,
+            batch_id=request.batch_id,
+        )
+
+    return db.run(write)
+
+
+def get(db: Database, job_id: str, *, principal: Principal | None = None) -> Job:
+    """The job with its attempts and outputs; users see their own jobs only, admins all."""
+    owner_id = None if principal is None or principal.is_admin else principal.user_id
+    job = db.run(
+        lambda s: get_job(s, job_id=job_id, owner_id=owner_id, with_details=True), readonly=True
+    )
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_for(
+    db: Database, *, principal: Principal, all_users: bool = False, **filters: Any
+) -> list[Job]:
+    """A user's jobs, newest first (admins may ask for everyone's with `all_users`).
+
+    `filters`: status, capability, workflow, batch_id, since, until, limit, offset."""
+    owner_id = None if all_users and principal.is_admin else principal.user_id
+    return db.run(lambda s: list_jobs(s, owner_id=owner_id, **filters), readonly=True)
+
+
+def cancel(db: Database, job_id: str, *, principal: Principal | None = None) -> Job:
+    """Cancel a job: a queued one never runs; a running one is interrupted on its node."""
+    get(db, job_id, principal=principal)  # existence and ownership
+    db.run(lambda s: request_cancel(s, job_id=job_id))
+    return get(db, job_id, principal=principal)
+
+
+def wait(
+    db: Database, job_id: str, *, timeout: float, principal: Principal | None = None,
+    poll_s: float = 0.25,
+) -> Job:  # fmt: skip
+    """Block until the job ends or `timeout` passes; returns the job as it is then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = get(db, job_id, principal=principal)
+        if job.status in TERMINAL_JOB_STATUSES or time.monotonic() >= deadline:
+            return job
+        time.sleep(poll_s)
+
+
+def as_json(job: Job, *, output_url: Any = None) -> dict[str, Any]:
+    """The REST job JSON (CONVENTIONS.md)."""
+    return job_to_dict(job, output_url=output_url)
