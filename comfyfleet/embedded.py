@@ -2,8 +2,10 @@
 
 Starts, in order: the Prefect server (127.0.0.1:4200, SQLite under `var/prefect/`), a local CPU
 ComfyUI node for each configured node whose URL is on this machine's loopback and that nothing
-answers yet, the fleet's Prefect objects (blocks, pools, queues, deployments), and one worker
-process for all pools. Then it submits one smoke job, prints where things are, and waits.
+answers yet, the job store schema (and, the first time, an `admin` user whose generated password
+is printed once), the fleet's Prefect objects (blocks, pools, queues, deployments), one worker
+process for all pools and the fleet service (monitor, dispatcher). Then it runs one smoke job
+through the dispatcher, prints where things are, and waits.
 Ctrl-C, SIGTERM or `comfyfleet down` stops it all in reverse order.
 """
 
@@ -58,7 +60,7 @@ class EmbeddedFleet:
             log_path=VAR / "logs" / "prefect-server.log",
         )  # fmt: skip
         self.nodes: list[LocalComfyUI] = []
-        self.worker: subprocess.Popen[bytes] | None = None
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
         (VAR / "logs").mkdir(parents=True, exist_ok=True)
@@ -69,8 +71,9 @@ class EmbeddedFleet:
             self.server.start(timeout=180)
         logger.info("Prefect server and UI: %s", self.server.ui_url)
         self._start_nodes()
+        self._prepare_store()
         self._apply()
-        self._start_worker()
+        self._start_children()
 
     def _start_nodes(self) -> None:
         local = [(n, _local_port(n)) for n in self.settings.nodes if n.enabled]
@@ -98,33 +101,53 @@ class EmbeddedFleet:
         for node in self.settings.nodes:
             logger.info("node %s → pool comfyui-%s, deployments */%s", node.id, node.id, node.id)
 
-    def _start_worker(self) -> None:
+    def _prepare_store(self) -> None:
+        from comfyfleet.auth import create_user, generate_password
+        from comfyfleet.store import Database, list_users, upgrade
+
+        db = Database.from_settings(self.settings)
+        try:
+            upgrade(db)
+            if not [u for u in db.run(list_users, readonly=True) if u.role == "admin"]:
+                password = generate_password()
+                db.run(lambda s: create_user(s, username="admin", password=password, admin=True))
+                logger.info("created user admin with password %s (shown once)", password)
+        finally:
+            db.dispose()
+
+    def _start_children(self) -> None:
         from deployments import pool_name
 
-        args = [sys.executable, "-m", "comfyfleet.worker"]
+        worker = [sys.executable, "-m", "comfyfleet.worker"]
         for node in self.settings.nodes:
-            args += ["--pool", pool_name(node.id)]
-        log = (VAR / "logs" / "worker.log").open("ab")
-        self.worker = subprocess.Popen(
-            args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        logger.info("worker pid %d (log %s)", self.worker.pid, VAR / "logs" / "worker.log")
+            worker += ["--pool", pool_name(node.id)]
+        for name, args in (
+            ("worker", worker),
+            ("fleet", [sys.executable, "-m", "comfyfleet.fleet"]),
+        ):
+            log = (VAR / "logs" / f"{name}.log").open("ab")
+            self.children[name] = subprocess.Popen(
+                args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            logger.info("%s pid %d (log var/logs/%s.log)", name, self.children[name].pid, name)
 
     def stop(self) -> None:
-        if self.worker is not None and self.worker.poll() is None:
-            os.killpg(self.worker.pid, signal.SIGTERM)
-            try:
-                self.worker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.worker.pid, signal.SIGKILL)
+        for proc in reversed(list(self.children.values())):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
         for process in reversed(self.nodes):
             process.stop()
         self.server.stop()
 
     def alive(self) -> str | None:
         """The name of a child that died, or None while all run."""
-        if self.worker is not None and self.worker.poll() is not None:
-            return "worker"
+        for name, proc in self.children.items():
+            if proc.poll() is not None:
+                return name
         for process in self.nodes:
             if not process.is_running():
                 return f"ComfyUI node {process.url}"
@@ -138,29 +161,28 @@ def _answers_health(api_url: str) -> bool:
         return False
 
 
-async def _smoke_job(node: str) -> None:
-    from prefect.client.orchestration import get_client
+def _smoke_job() -> None:
+    """One text-to-image job through the dispatcher, as the `prefect` service user."""
+    from comfyfleet import jobs
+    from comfyfleet.auth import Principal
+    from comfyfleet.store import Database
+    from comfyfleet.store.users import ensure_service_user
 
-    async with get_client() as client:
-        deployment = await client.read_deployment_by_name(f"text-to-image/{node}")
-        run = await client.create_flow_run_from_deployment(
-            deployment.id, parameters={"prompt": "a lighthouse at dawn"}
-        )
+    db = Database.from_settings()
+    try:
+        principal = Principal(user=db.run(ensure_service_user))
         started = time.monotonic()
-        while True:
-            run = await client.read_flow_run(run.id)
-            if run.state is not None and run.state.is_final():
-                break
-            if time.monotonic() - started > 300:
-                logger.warning("smoke job %s still %s after 300 s", run.name, run.state_name)
-                return
-            await asyncio.sleep(0.5)
-    outputs = sorted((get_settings().store.outputs_dir / run.id.hex).glob("*"))
-    logger.info(
-        "smoke job %s on %s: %s in %.1fs → %s",
-        run.name, node, run.state_name, time.monotonic() - started,
-        ", ".join(str(p) for p in outputs) or "no outputs",
-    )  # fmt: skip
+        job = jobs.submit(
+            db, jobs.JobRequest(workflow="sd15-basic", params={"prompt": "a lighthouse at dawn"}),
+            principal=principal,
+        )  # fmt: skip
+        job = jobs.wait(db, job.id, timeout=300)
+        logger.info(
+            "smoke job %s: %s on %s in %.1fs → %s", job.id, job.status, job.node,
+            time.monotonic() - started, ", ".join(o.path for o in job.outputs) or job.error,
+        )  # fmt: skip
+    finally:
+        db.dispose()
 
 
 def up(*, smoke: bool = True) -> int:
@@ -185,7 +207,7 @@ def up(*, smoke: bool = True) -> int:
     try:
         fleet.start()
         if smoke:
-            asyncio.run(_smoke_job(settings.nodes[0].id))
+            _smoke_job()
         logger.info(
             "fleet up: Prefect UI %s — try: PREFECT_API_URL=%s prefect deployment run "
             "'text-to-image/%s' -p prompt=\"a red fox\" --watch — Ctrl-C or `make down` stops it",
