@@ -92,8 +92,12 @@ def render(workflow: str, request: dict[str, Any], job_id: str) -> RenderedPromp
 
 @task(name="submit", **_RETRY)
 async def submit(url: str, graph: dict[str, Any], prompt_id: str) -> None:
-    """POST /prompt with our prompt id (idempotent: a node that already has it is left alone)."""
-    async with ComfyUIClient(url) as client:
+    """POST /prompt with our prompt id (idempotent: a node that already has it is left alone).
+
+    The client id is the prompt id too: ComfyUI sends a prompt's messages only to the websocket
+    of the client that submitted it, and `follow` (or an adopting run) connects under that id.
+    """
+    async with ComfyUIClient(url, client_id=prompt_id) as client:
         queue = await client.queue()
         if prompt_id in queue.running or prompt_id in queue.pending:
             return
@@ -145,7 +149,9 @@ async def follow(url: str, info: attempts.AttemptInfo) -> float:
         progress=0.0, description=f"Sampling progress of job {info.job_id} on {info.node}"
     )
     reporter = _ProgressReporter(info, artifact_id)
-    async with ComfyUIClient(url, unavailable_after=NODE_GONE_AFTER_S) as client:
+    async with ComfyUIClient(
+        url, client_id=info.attempt_id, unavailable_after=NODE_GONE_AFTER_S
+    ) as client:
         try:
             result = await client.wait(info.attempt_id, on_message=reporter)
         except asyncio.CancelledError:
