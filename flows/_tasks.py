@@ -38,7 +38,7 @@ from comfyfleet.settings import get_settings
 PROGRESS_EVENT = "comfy.progress"
 _PROGRESS_INTERVAL_S = 0.2  # progress artifact / event throttle
 _DB_PROGRESS_INTERVAL_S = 0.5  # durable progress in the job row
-NODE_GONE_AFTER_S = 6.0
+NODE_GONE_AFTER_S = 3.0
 """A node whose websocket cannot be re-established for this long has failed the attempt."""
 
 _RETRY = dict(retries=3, retry_delay_seconds=[1, 2, 4], retry_jitter_factor=0.3,
