@@ -116,9 +116,9 @@ class EmbeddedFleet:
             db.dispose()
 
     def _start_children(self) -> None:
-        from deployments import pool_name
+        from deployments import CONTROL_POOL, pool_name
 
-        worker = [sys.executable, "-m", "comfyfleet.worker"]
+        worker = [sys.executable, "-m", "comfyfleet.worker", "--pool", CONTROL_POOL]
         for node in self.settings.nodes:
             worker += ["--pool", pool_name(node.id)]
         for name, args in (

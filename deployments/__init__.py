@@ -1,5 +1,21 @@
 """Turns the node list into Prefect objects: blocks, pools, queues and deployments."""
 
-from deployments.fleet import GENERATION_FLOWS, apply_fleet, apply_node, pool_name
+from deployments.fleet import (
+    CONTROL_POOL,
+    GENERATION_FLOWS,
+    apply_control,
+    apply_fleet,
+    apply_node,
+    pool_name,
+    remove_node,
+)
 
-__all__ = ["GENERATION_FLOWS", "apply_fleet", "apply_node", "pool_name"]
+__all__ = [
+    "CONTROL_POOL",
+    "GENERATION_FLOWS",
+    "apply_control",
+    "apply_fleet",
+    "apply_node",
+    "pool_name",
+    "remove_node",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
@@ -23,6 +24,8 @@ from comfyfleet.worker import WORKER_TYPE, ComfyFleetWorker, load_flow
 logger = logging.getLogger(__name__)
 
 QUEUES = {"high": 1, "normal": 2, "low": 3}
+CONTROL_POOL = "comfyfleet-control"
+BATCH_ENTRYPOINT = "flows/batch.py:batch"
 
 
 @dataclass(frozen=True)
@@ -46,27 +49,31 @@ def pool_name(node_id: str) -> str:
     return f"comfyui-{node_id}"
 
 
-async def _ensure_pool(client: PrefectClient, node: NodeConfig) -> None:
-    name = pool_name(node.id)
+async def _upsert_pool(
+    client: PrefectClient, name: str, *, limit: int | None, description: str
+) -> None:
     try:
         await client.create_work_pool(
             WorkPoolCreate(
                 name=name,
                 type=WORKER_TYPE,
                 base_job_template=ComfyFleetWorker.get_default_base_job_template(),
-                concurrency_limit=node.capacity,
-                description=f"ComfyUI node {node.id} ({node.url})",
+                concurrency_limit=limit,
+                description=description,
             )
         )
-        logger.info("created work pool %s (limit %d)", name, node.capacity)
+        logger.info("created work pool %s (limit %s)", name, limit)
     except ObjectAlreadyExists:
         await client.update_work_pool(
-            name,
-            WorkPoolUpdate(
-                concurrency_limit=node.capacity,
-                description=f"ComfyUI node {node.id} ({node.url})",
-            ),
+            name, WorkPoolUpdate(concurrency_limit=limit, description=description)
         )
+
+
+async def _ensure_pool(client: PrefectClient, node: NodeConfig) -> None:
+    name = pool_name(node.id)
+    await _upsert_pool(
+        client, name, limit=node.capacity, description=f"ComfyUI node {node.id} ({node.url})"
+    )
     existing = {q.name for q in await client.read_work_queues(work_pool_name=name)}
     for queue, priority in QUEUES.items():
         if queue in existing:
@@ -94,23 +101,53 @@ async def apply_node(client: PrefectClient, node: NodeConfig) -> None:
     for gen in GENERATION_FLOWS:
         if gen.capability != "*" and gen.capability not in node.capabilities:
             continue
-        flow = load_flow(gen.entrypoint)
-        flow_id = await client.create_flow_from_name(flow.name)
-        await client.create_deployment(
-            flow_id=flow_id,
-            name=node.id,
-            entrypoint=gen.entrypoint,
-            path=str(REPO_ROOT),
-            work_pool_name=pool_name(node.id),
-            work_queue_name="normal",
+        await _deploy(
+            client, gen.entrypoint, name=node.id, pool=pool_name(node.id),
             parameters={"node": node.id},
-            parameter_openapi_schema=parameter_schema(flow.fn).model_dump_for_openapi(),
             tags=[f"node:{node.id}"]
             + ([f"capability:{gen.capability}"] if gen.capability != "*" else []),
-            description=f"{flow.description or gen.name} — pinned to node {node.id}",
-            enforce_parameter_schema=True,
-        )
+            description=f"pinned to node {node.id}",
+        )  # fmt: skip
     logger.info("applied node %s (%s)", node.id, node.url)
+
+
+async def _deploy(
+    client: PrefectClient, entrypoint: str, *, name: str, pool: str, parameters: dict[str, Any],
+    tags: list[str], description: str, schedules: list[Any] | None = None,
+) -> Any:  # fmt: skip
+    flow = load_flow(entrypoint)
+    flow_id = await client.create_flow_from_name(flow.name)
+    return await client.create_deployment(
+        flow_id=flow_id,
+        name=name,
+        entrypoint=entrypoint,
+        path=str(REPO_ROOT),
+        work_pool_name=pool,
+        work_queue_name="normal" if pool != CONTROL_POOL else None,
+        parameters=parameters,
+        parameter_openapi_schema=parameter_schema(flow.fn).model_dump_for_openapi(),
+        tags=tags,
+        description=f"{(flow.description or flow.name).strip()} — {description}",
+        enforce_parameter_schema=True,
+        schedules=schedules,
+    )
+
+
+async def apply_control(client: PrefectClient) -> None:
+    """The control pool (no GPU, no limit) with the routed `<flow>/fleet` and `batch/fleet`."""
+    await _upsert_pool(
+        client, CONTROL_POOL, limit=None,
+        description="ComfyFleet flows that hold no GPU: routed entries, batches, schedules",
+    )  # fmt: skip
+    for gen in GENERATION_FLOWS:
+        await _deploy(
+            client, gen.entrypoint, name="fleet", pool=CONTROL_POOL, parameters={},
+            tags=["routed"], description="routed over the fleet by the dispatcher",
+        )  # fmt: skip
+    await _deploy(
+        client, BATCH_ENTRYPOINT, name="fleet", pool=CONTROL_POOL, parameters={},
+        tags=["batch"], description="one job per item, spread over the fleet",
+    )  # fmt: skip
 
 
 async def apply_fleet(nodes: list[NodeConfig], *, client: PrefectClient | None = None) -> None:
@@ -120,6 +157,7 @@ async def apply_fleet(nodes: list[NodeConfig], *, client: PrefectClient | None =
         async with get_client() as own:
             await apply_fleet(nodes, client=own)
         return
+    await apply_control(client)
     for node in nodes:
         await apply_node(client, node)
 

@@ -34,6 +34,7 @@ from comfyfleet.comfyui import ComfyUIClient, Progress, is_node_fault, retry_if_
 from comfyfleet.inputs import InputStore, sync_input
 from comfyfleet.outputs import OutputRecord, store_output
 from comfyfleet.settings import get_settings
+from flows._routing import route
 
 PROGRESS_EVENT = "comfy.progress"
 _PROGRESS_INTERVAL_S = 0.2  # progress artifact / event throttle
@@ -284,3 +285,15 @@ async def generate(
         "gpu_seconds": seconds,
         "outputs": [o.model_dump() for o in outputs],
     }
+
+
+async def run_job(
+    *, workflow: str, request: dict[str, Any], node: str | None, job_id: str | None,
+    attempt_id: str | None, priority: str,
+) -> dict[str, Any]:  # fmt: skip
+    """A generation flow's body: pinned to `node` (one attempt here), or routed (no node)."""
+    if node is None:
+        return await route(workflow=workflow, request=request, priority=priority)
+    return await generate(
+        workflow=workflow, request=request, node=node, job_id=job_id, attempt_id=attempt_id
+    )

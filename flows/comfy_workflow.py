@@ -6,22 +6,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
-from flows._tasks import generate, run_name
+from flows._tasks import run_job, run_name
 
 
 @flow(name="comfy-workflow", flow_run_name=run_name("wf"))
 async def comfy_workflow(
     workflow: str,
-    node: str,
+    node: str | None = None,
     params: dict[str, Any] | None = None,
     job_id: str | None = None,
     attempt_id: str | None = None,
+    priority: Literal["high", "normal", "low"] = "normal",
 ) -> dict[str, Any]:
     """Run a catalog workflow with its parameters on one ComfyUI node."""
-    return await generate(
-        workflow=workflow, request=params or {}, node=node, job_id=job_id, attempt_id=attempt_id
+    return await run_job(
+        workflow=workflow,
+        request=params or {},
+        node=node,
+        job_id=job_id,
+        attempt_id=attempt_id,
+        priority=priority,
     )

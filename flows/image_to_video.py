@@ -9,17 +9,17 @@ its content-hash name.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
-from flows._tasks import generate, run_name
+from flows._tasks import run_job, run_name
 
 
 @flow(name="image-to-video", flow_run_name=run_name("i2v"))
 async def image_to_video(
     image: str,
-    node: str,
+    node: str | None = None,
     frames: int | None = None,
     fps: int | None = None,
     motion_bucket_id: int | None = None,
@@ -33,6 +33,7 @@ async def image_to_video(
     workflow: str = "svd-basic",
     job_id: str | None = None,
     attempt_id: str | None = None,
+    priority: Literal["high", "normal", "low"] = "normal",
 ) -> dict[str, Any]:
     """Animate a still image with an SVD workflow on one ComfyUI node."""
     request = dict(
@@ -40,6 +41,11 @@ async def image_to_video(
         augmentation_level=augmentation_level, width=width, height=height, steps=steps, cfg=cfg,
         seed=seed, checkpoint=checkpoint,
     )  # fmt: skip
-    return await generate(
-        workflow=workflow, request=request, node=node, job_id=job_id, attempt_id=attempt_id
+    return await run_job(
+        workflow=workflow,
+        request=request,
+        node=node,
+        job_id=job_id,
+        attempt_id=attempt_id,
+        priority=priority,
     )

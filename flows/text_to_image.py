@@ -11,17 +11,17 @@ then the workflow contract's default.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
-from flows._tasks import generate, run_name
+from flows._tasks import run_job, run_name
 
 
 @flow(name="text-to-image", flow_run_name=run_name("t2i"))
 async def text_to_image(
     prompt: str,
-    node: str,
+    node: str | None = None,
     negative_prompt: str | None = None,
     width: int | None = None,
     height: int | None = None,
@@ -35,6 +35,7 @@ async def text_to_image(
     workflow: str = "sd15-basic",
     job_id: str | None = None,
     attempt_id: str | None = None,
+    priority: Literal["high", "normal", "low"] = "normal",
 ) -> dict[str, Any]:
     """Generate images from a text prompt with an SD1.5 workflow on one ComfyUI node."""
     request = dict(
@@ -42,6 +43,11 @@ async def text_to_image(
         cfg=cfg, seed=seed, sampler=sampler, scheduler=scheduler, batch_size=batch_size,
         checkpoint=checkpoint,
     )  # fmt: skip
-    return await generate(
-        workflow=workflow, request=request, node=node, job_id=job_id, attempt_id=attempt_id
+    return await run_job(
+        workflow=workflow,
+        request=request,
+        node=node,
+        job_id=job_id,
+        attempt_id=attempt_id,
+        priority=priority,
     )

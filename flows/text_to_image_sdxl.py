@@ -5,17 +5,17 @@ prefect deployment run 'text-to-image-sdxl/gpu-1' -p prompt="a red fox, studio l
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 
-from flows._tasks import generate, run_name
+from flows._tasks import run_job, run_name
 
 
 @flow(name="text-to-image-sdxl", flow_run_name=run_name("sdxl"))
 async def text_to_image_sdxl(
     prompt: str,
-    node: str,
+    node: str | None = None,
     negative_prompt: str | None = None,
     width: int | None = None,
     height: int | None = None,
@@ -29,6 +29,7 @@ async def text_to_image_sdxl(
     workflow: str = "sdxl-basic",
     job_id: str | None = None,
     attempt_id: str | None = None,
+    priority: Literal["high", "normal", "low"] = "normal",
 ) -> dict[str, Any]:
     """Generate images from a text prompt with an SDXL workflow on one ComfyUI node."""
     request = dict(
@@ -36,6 +37,11 @@ async def text_to_image_sdxl(
         cfg=cfg, seed=seed, sampler=sampler, scheduler=scheduler, batch_size=batch_size,
         checkpoint=checkpoint,
     )  # fmt: skip
-    return await generate(
-        workflow=workflow, request=request, node=node, job_id=job_id, attempt_id=attempt_id
+    return await run_job(
+        workflow=workflow,
+        request=request,
+        node=node,
+        job_id=job_id,
+        attempt_id=attempt_id,
+        priority=priority,
     )

@@ -1,0 +1,123 @@
+"""Flows that hold no GPU: routed `<flow>/fleet` entries, batches and scheduled batches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import DeploymentScheduleCreate
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.schedules import IntervalSchedule
+
+from comfyfleet import jobs
+from comfyfleet.store import list_jobs
+from deployments import CONTROL_POOL
+from deployments.fleet import BATCH_ENTRYPOINT, _deploy
+from tests.integration.test_first_job import wait_final
+
+pytestmark = pytest.mark.integration
+
+
+def test_routed_deployment_from_the_prefect_cli_runs_through_the_backlog(
+    fleet_service, fleet_db
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", "deployment", "run", "text-to-image/fleet",
+         "-p", "prompt=a red fox", "-p", "priority=high", "--watch", "--watch-timeout", "180"],
+        capture_output=True, text=True, timeout=240, env=os.environ.copy(),
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "Completed" in out
+    [job] = fleet_db.run(
+        lambda s: list_jobs(s, workflow="sd15-basic", limit=1, with_details=True), readonly=True
+    )
+    assert job.status == "completed" and job.priority == 0 and job.owner.username == "prefect"
+    assert job.request == {"prompt": "a red fox"}
+
+
+async def test_batch_of_a_file_with_one_failing_item_reports_the_failure(
+    fleet_service, fleet_db, tmp_path: Path
+) -> None:
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text("\n".join(json.dumps({"seconds": 0.2, "seed": 9000 + i}) for i in range(4)))
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name("batch/fleet")
+        run = await client.create_flow_run_from_deployment(
+            dep.id, parameters={"workflow": "delay", "file": str(ok)}
+        )
+        good = await wait_final(run.id, timeout=240)
+        assert good.state.is_completed(), good.state
+        broken = {"seconds": 0.1, "message": "boom", "seed": 1}
+        failing = await client.create_flow_run_from_deployment(
+            dep.id, parameters={"workflow": "fail", "items": [broken]}
+        )
+        bad = await wait_final(failing.id, timeout=240)
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+    assert bad.state.is_failed() and "1 of 1 jobs did not complete" in bad.state.message
+    table = next(a for a in artifacts if a.type == "table")
+    rows = json.loads(table.data)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    assert all(r["node"] and r["outputs"] for r in rows)
+    batch_jobs = [jobs.get(fleet_db, r["job"]) for r in rows]
+    assert len({j.batch_id for j in batch_jobs}) == 1 and batch_jobs[0].batch_id
+
+
+async def test_a_batch_with_a_bad_item_queues_nothing(fleet_service, fleet_db) -> None:
+    before = fleet_db.run(lambda s: len(list_jobs(s, workflow="delay", limit=10_000)))
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name("batch/fleet")
+        run = await client.create_flow_run_from_deployment(
+            dep.id,
+            parameters={"workflow": "delay", "items": [{"seconds": 1}, {"seconds": -3}]},
+        )
+        final = await wait_final(run.id, timeout=120)
+    assert final.state.is_failed() and "item 2" in final.state.message
+    assert fleet_db.run(lambda s: len(list_jobs(s, workflow="delay", limit=10_000))) == before
+
+
+async def test_scheduled_batch_deployment_fires_on_its_schedule(fleet_service, fleet_db) -> None:
+    async with get_client() as client:
+        dep_id = await _deploy(
+            client, BATCH_ENTRYPOINT, name="every-few-seconds", pool=CONTROL_POOL,
+            parameters={"workflow": "delay", "items": [{"seconds": 0.1}]},
+            tags=["batch", "scheduled"], description="test schedule",
+            schedules=[DeploymentScheduleCreate(schedule=IntervalSchedule(
+                interval=timedelta(seconds=5)))],
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            completed = []
+            while not completed:
+                assert time.monotonic() < deadline, "no scheduled batch run completed"
+                await asyncio.sleep(1)
+                completed = await client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])),
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(any_=[StateType.COMPLETED])
+                        )
+                    ),
+                )
+        finally:
+            await client.delete_deployment(dep_id)
+    assert completed[0].auto_scheduled
