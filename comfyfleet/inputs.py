@@ -1,10 +1,12 @@
 """Input files (the image of an image-to-video job, …): stored once, synced to nodes on demand.
 
 The control plane keeps every input once, named by its content hash (`<store>/<sha256>.<ext>`).
-A node gets it under the same content-hash name in its input folder's `comfyfleet/` subfolder,
-uploaded only when the node lacks it (checked first), so a file is sent to each node at most once
-and the graph is rewritten to that name. A parameter refers to a stored input as
-`input:<sha256>.<ext>`; operators running flows from Prefect may also pass a local file path.
+A parameter refers to a stored input by the name the node will know it under,
+`comfyfleet/<sha256>.<ext>` (a plain relative name, so the workflow contract validates it like
+any image name). A node gets the file in its input folder's `comfyfleet/` subfolder, uploaded only
+when the node lacks it (checked first), so a file is sent to each node at most once and the graph
+needs no rewriting. Operators running flows from Prefect may also pass a local file path; it is
+stored first.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from comfyfleet.comfyui import ComfyUIClient
 
 NODE_SUBFOLDER = "comfyfleet"
-REF_PREFIX = "input:"
+REF_PREFIX = f"{NODE_SUBFOLDER}/"
 ALLOWED_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
 
 
@@ -69,7 +71,7 @@ class InputStore:
         return self.put(data, suffix=Path(path).suffix)
 
     def resolve(self, value: str) -> StoredInput:
-        """A parameter value (`input:<name>` or a local file path) → the stored input."""
+        """A parameter value (`comfyfleet/<name>` or a local file path) → the stored input."""
         if value.startswith(REF_PREFIX):
             name = value[len(REF_PREFIX) :]
             path = self.root / name

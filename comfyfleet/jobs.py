@@ -17,7 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from comfyfleet.auth import Principal
-from comfyfleet.catalog import Catalog
+from comfyfleet.catalog import Catalog, ParamError, Workflow
+from comfyfleet.inputs import REF_PREFIX, InputError, InputStore
 from comfyfleet.settings import Settings, get_settings
 from comfyfleet.store import (
     TERMINAL_JOB_STATUSES,
@@ -70,6 +71,7 @@ def submit(
     catalog = catalog or load_catalog()
     workflow = catalog.get(request.workflow)
     params = workflow.validate(request.params)
+    _check_inputs(workflow, params)
 
     def write(session: Any) -> Job:
         user = session.merge(principal.user, load=False)
@@ -92,6 +94,22 @@ def submit(
         )
 
     return db.run(write)
+
+
+def _check_inputs(workflow: Workflow, params: dict[str, Any]) -> None:
+    """Stored inputs a job names (`comfyfleet/<sha256>.<ext>`) must exist before it is queued."""
+    store = InputStore(get_settings().store.inputs_dir)
+    for name, spec in workflow.parameters.items():
+        value = params.get(name)
+        if spec.type == "image" and isinstance(value, str) and value.startswith(REF_PREFIX):
+            try:
+                store.resolve(value)
+            except InputError:
+                raise ParamError(
+                    param=name,
+                    workflow=workflow.id,
+                    message=f"unknown input {value!r}: upload the image first",
+                ) from None
 
 
 def get(db: Database, job_id: str, *, principal: Principal | None = None) -> Job:

@@ -31,7 +31,7 @@ from blocks import ComfyUINode
 from comfyfleet import attempts
 from comfyfleet.catalog import Catalog, RenderedPrompt, Workflow
 from comfyfleet.comfyui import ComfyUIClient, Progress, is_node_fault, retry_if_transient
-from comfyfleet.inputs import InputStore, sync_input
+from comfyfleet.inputs import REF_PREFIX, InputStore, sync_input
 from comfyfleet.outputs import OutputRecord, store_output
 from comfyfleet.settings import get_settings
 from flows._routing import route
@@ -72,17 +72,28 @@ async def resolve_node(node: str) -> ComfyUINode:
     return block
 
 
+def store_inputs(workflow: Workflow, request: dict[str, Any]) -> dict[str, Any]:
+    """Image parameters given as local files (operators running flows from Prefect) go into the
+    input store; the request then names them as the node will (`comfyfleet/<sha256>.<ext>`)."""
+    store = InputStore(get_settings().store.inputs_dir)
+    stored = dict(request)
+    for name, spec in workflow.parameters.items():
+        value = request.get(name)
+        if spec.type == "image" and isinstance(value, str) and Path(value).is_absolute():
+            stored[name] = store.put_file(Path(value)).ref
+    return stored
+
+
 @task(name="sync-inputs", **_RETRY)
-async def sync_inputs(url: str, workflow: str, request: dict[str, Any]) -> dict[str, Any]:
-    """Upload the request's input images the node lacks; returns the request with node names."""
+async def sync_inputs(url: str, workflow: str, params: dict[str, Any]) -> None:
+    """Upload the job's input images that the node lacks (by content hash)."""
     wf = load_workflow(workflow)
     store = InputStore(get_settings().store.inputs_dir)
-    synced = dict(request)
     async with ComfyUIClient(url) as client:
         for name, spec in wf.parameters.items():
-            if spec.type == "image" and isinstance(request.get(name), str):
-                synced[name] = await sync_input(client, store.resolve(request[name]))
-    return synced
+            value = params.get(name)
+            if spec.type == "image" and isinstance(value, str) and value.startswith(REF_PREFIX):
+                await sync_input(client, store.resolve(value))
 
 
 @task(name="render")
@@ -243,18 +254,19 @@ async def generate(
 ) -> dict[str, Any]:  # fmt: skip
     """One attempt of a job on one node: the body every generation flow shares."""
     db = attempts.database(get_settings().database.url)
-    request = {k: v for k, v in request.items() if v is not None}
+    wf = load_workflow(workflow)
+    request = store_inputs(wf, {k: v for k, v in request.items() if v is not None})
     info = await asyncio.to_thread(
         attempts.adopt_or_record, db, job_id=job_id, attempt_id=attempt_id, node=node,
-        workflow=load_workflow(workflow), request=request, flow_run_id=str(flow_run.id),
+        workflow=wf, request=request, flow_run_id=str(flow_run.id),
     )  # fmt: skip
     if await asyncio.to_thread(attempts.cancel_requested, db, info):
         await asyncio.to_thread(attempts.cancelled, db, info)
         return {"job_id": info.job_id, "attempt_id": info.attempt_id, "cancelled": True}
     try:
         target = await resolve_node(info.node)
-        synced = await sync_inputs(target.url, info.workflow, info.params)
-        rendered = render(info.workflow, synced, info.job_id)
+        await sync_inputs(target.url, info.workflow, info.params)
+        rendered = render(info.workflow, info.params, info.job_id)
         await submit(target.url, rendered.graph, info.attempt_id)
         await asyncio.to_thread(attempts.started, db, info)
         async with _lease(db, info):

@@ -36,7 +36,7 @@ from comfyfleet.comfyui._http import (
 from comfyfleet.comfyui.errors import ComfyUIError, NodeUnavailable, PromptLost
 from comfyfleet.comfyui.follow import follow_prompt
 from comfyfleet.comfyui.hub import SocketHub, WSConnect, default_ws_connect
-from comfyfleet.comfyui.messages import Message
+from comfyfleet.comfyui.messages import ExecutionStart, Message, timestamp_to_datetime
 from comfyfleet.comfyui.results import (
     DownloadedFile,
     FileRef,
@@ -197,7 +197,21 @@ class ComfyUIClient:
         """Follow the prompt to its end: its result, or :class:`ExecutionFailed` /
         :class:`Interrupted` / :class:`PromptLost` / :class:`NodeUnavailable`."""
         async with aclosing(self.follow(prompt_id)) as messages:
-            return await collect_result(prompt_id, messages, on_message)
+            result = await collect_result(prompt_id, messages, on_message)
+        return await self._with_start_time(result)
+
+    async def _with_start_time(self, result: PromptResult) -> PromptResult:
+        """A follower that connected after `execution_start` takes the start from the history,
+        so the execution time (GPU-seconds) is known however late it joined."""
+        if result.started_at is not None:
+            return result
+        entry = await self.history(result.prompt_id)
+        for message in entry.messages if entry is not None else []:
+            if isinstance(message, ExecutionStart) and message.timestamp:
+                return result.model_copy(
+                    update={"started_at": timestamp_to_datetime(message.timestamp)}
+                )
+        return result
 
     async def run(
         self,

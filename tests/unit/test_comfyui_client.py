@@ -808,3 +808,22 @@ def test_is_transient_follows_the_cause_chain_and_serves_as_prefect_retry_condit
     assert retry_if_transient(None, None, State(NodeUnavailable("down")))
     assert not retry_if_transient(None, None, State(PromptLost("p")))
     assert not retry_if_transient(None, None, State("a result"))
+
+
+async def test_a_follower_that_joined_after_execution_start_takes_the_start_from_history() -> None:
+    node = FakeNode()
+    node.queue["queue_running"].append(rec.queue_item(20, rec.PROMPT_ID))
+    late = [f for f in rec.success() if f["type"] not in ("execution_start", "status")]
+    connector = FakeConnector([rec.greeting(), *late])
+    entry = rec.history_entry()  # the ended prompt's entry carries execution_start
+    calls: list[int] = []
+
+    def history(request: httpx.Request) -> httpx.Response:
+        calls.append(1)  # still running when the follower joins; ended afterwards
+        return httpx.Response(200, json={} if len(calls) == 1 else entry)
+
+    node.routes[("GET", f"/history/{rec.PROMPT_ID}")] = history
+    async with make_client(node, connector) as comfy:
+        result = await comfy.wait(rec.PROMPT_ID)
+    assert result.started_at is not None
+    assert result.duration_s == pytest.approx(0.64)
