@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help venv comfyui up down test test-quick lint format clean
+.PHONY: help venv comfyui browser up down test test-quick lint format clean
 
 help:
 	@echo "make up          run the embedded fleet (Prefect server, a local ComfyUI node, worker)"
@@ -27,6 +27,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 comfyui: venv
 	$(BIN)/python -m comfyfleet.localnode setup
 
+# Debian's Chromium for the browser tests (Python Playwright drives it; no browser download).
+browser:
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+
 up: venv comfyui
 	$(BIN)/python -m comfyfleet up
 
@@ -46,6 +50,12 @@ lint: venv
 format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Benchmarks against real local ComfyUI CPU nodes (bench/README.md): results in bench/results/.
+# QUICK=1 make bench is the scaled-down form (< 5 min); the full one takes < 30 min.
+.PHONY: bench
+bench: venv comfyui
+	$(BIN)/python -m bench $(if $(filter-out 0 no false,$(QUICK)),--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf test-output .pytest_cache .ruff_cache
