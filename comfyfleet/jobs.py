@@ -65,13 +65,16 @@ def load_catalog(settings: Settings | None = None) -> Catalog:
 
 
 def submit(
-    db: Database, request: JobRequest, *, principal: Principal, catalog: Catalog | None = None
-) -> Job:
-    """Validate and queue a job; returns it (`queued`). Nothing is written if validation fails."""
+    db: Database, request: JobRequest, *, principal: Principal, catalog: Catalog | None = None,
+    inputs: InputStore | None = None,
+) -> Job:  # fmt: skip
+    """Validate and queue a job; returns it (`queued`). Nothing is written if validation fails.
+
+    `catalog` and `inputs` default to the process settings' workflow catalog and input store."""
     catalog = catalog or load_catalog()
     workflow = catalog.get(request.workflow)
     params = workflow.validate(request.params)
-    _check_inputs(workflow, params)
+    _check_inputs(workflow, params, inputs or InputStore(get_settings().store.inputs_dir))
 
     def write(session: Any) -> Job:
         user = session.merge(principal.user, load=False)
@@ -96,9 +99,8 @@ def submit(
     return db.run(write)
 
 
-def _check_inputs(workflow: Workflow, params: dict[str, Any]) -> None:
+def _check_inputs(workflow: Workflow, params: dict[str, Any], store: InputStore) -> None:
     """Stored inputs a job names (`comfyfleet/<sha256>.<ext>`) must exist before it is queued."""
-    store = InputStore(get_settings().store.inputs_dir)
     for name, spec in workflow.parameters.items():
         value = params.get(name)
         if spec.type == "image" and isinstance(value, str) and value.startswith(REF_PREFIX):

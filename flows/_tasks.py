@@ -274,6 +274,12 @@ async def generate(
             outputs = await collect_outputs(
                 target.url, info.attempt_id, info.job_id, info.node, rendered.output_nodes
             )
+            # Publish before completing: the router frees the node's slot when the attempt
+            # completes, and the pool's slot frees when this run ends, so keep them close.
+            try:
+                await publish(info.job_id, info.node, info.workflow, rendered.params, outputs)
+            except Exception as exc:  # an artifact is for people; the job's result stands
+                get_run_logger().warning("could not publish the output artifact: %s", exc)
         await asyncio.to_thread(attempts.completed, db, info, outputs, seconds)
     except asyncio.CancelledError:
         if await asyncio.to_thread(attempts.cancel_requested, db, info):
@@ -287,7 +293,6 @@ async def generate(
         else:
             await asyncio.to_thread(attempts.failed, db, info, str(exc))
         raise
-    await publish(info.job_id, info.node, info.workflow, rendered.params, outputs)
     return {
         "job_id": info.job_id,
         "attempt_id": info.attempt_id,

@@ -53,7 +53,7 @@ def test_routed_deployment_from_the_prefect_cli_runs_through_the_backlog(
     assert job.request == {"prompt": "a red fox"}
 
 
-async def test_batch_of_a_file_with_one_failing_item_reports_the_failure(
+async def test_batch_from_a_file_completes_and_a_failing_batch_is_reported(
     fleet_service, fleet_db, tmp_path: Path
 ) -> None:
     ok = tmp_path / "ok.jsonl"

@@ -1,0 +1,79 @@
+"""The in-process worker: dispatch latency, and real concurrency up to the pool's limit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from deployments.fleet import _deploy, _upsert_pool
+from tests.integration.test_first_job import wait_final
+
+pytestmark = pytest.mark.integration
+
+POOL = "test-inprocess"  # served by no test worker until this module starts one
+
+
+@pytest.fixture(scope="module")
+def probe_pool(prefect_fleet, tmp_path_factory):
+    from tests.fixtures.prefect import SESSION_DIR, WorkerProcess
+
+    async def setup() -> object:
+        async with get_client() as client:
+            await _upsert_pool(client, POOL, limit=4, description="in-process worker probe")
+            return await _deploy(
+                client, "tests/support/probe_flows.py:probe_sleep", name="probe", pool=POOL,
+                parameters={}, tags=["test"], description="latency and concurrency probe",
+            )  # fmt: skip
+
+    deployment_id = asyncio.run(setup())
+    worker = WorkerProcess([POOL], SESSION_DIR / "probe-worker.log")
+    worker.start()
+    time.sleep(3)  # the worker syncs its pool before its first poll
+    yield deployment_id, tmp_path_factory.mktemp("probe")
+    worker.stop()
+
+
+async def test_eight_runs_at_once_overlap_up_to_the_pool_limit(probe_pool) -> None:
+    deployment_id, out = probe_pool
+    created = time.time()
+    async with get_client() as client:
+        runs = [
+            await client.create_flow_run_from_deployment(
+                deployment_id, parameters={"tag": f"c{i}", "out_dir": str(out), "seconds": 2.0}
+            )
+            for i in range(8)
+        ]
+    finals = [await wait_final(r.id, timeout=120) for r in runs]
+    assert all(f.state.is_completed() for f in finals)
+    spans = [json.loads((Path(out) / f"c{i}.json").read_text()) for i in range(8)]
+    edges = sorted([(s["start"], 1) for s in spans] + [(s["end"], -1) for s in spans])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    starts = sorted(s["start"] - created for s in spans)
+    print(f"8 runs, pool limit 4: peak overlap {peak}; starts after create: "
+          + ", ".join(f"{s:.2f}" for s in starts))  # fmt: skip
+    assert peak == 4
+
+
+async def test_create_to_first_line_latency_is_reported(probe_pool) -> None:
+    deployment_id, out = probe_pool
+    latencies = []
+    async with get_client() as client:
+        for i in range(6):
+            created = time.time()
+            run = await client.create_flow_run_from_deployment(
+                deployment_id, parameters={"tag": f"l{i}", "out_dir": str(out), "seconds": 0.0}
+            )
+            await wait_final(run.id, timeout=60)
+            latencies.append(json.loads((Path(out) / f"l{i}.json").read_text())["start"] - created)
+    print(f"create → flow line 1: median {statistics.median(latencies):.2f}s, "
+          f"max {max(latencies):.2f}s over {len(latencies)} runs")  # fmt: skip
+    assert len(latencies) == 6

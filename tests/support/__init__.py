@@ -1,0 +1,1 @@
+"""Flows and helpers used only by the tests."""
