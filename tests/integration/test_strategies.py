@@ -55,9 +55,12 @@ def _nodes_of(db, ids: list[str]) -> Counter[str]:
 def test_round_robin_spreads_jobs_exactly_evenly(
     fleet_as, fleet_db, principals, comfy_fleet
 ) -> None:
-    fleet_as("round_robin")
+    """A wave that fits the fleet's free slots is dealt out in turn, one job per node per round.
+    (Later jobs go to whichever node frees a slot first, so only a wave is exact.)"""
+    fleet_as("round_robin", capacity=4)
+    time.sleep(3)  # first probe of every node
     n = len(comfy_fleet)
-    ids = [jobs.submit(fleet_db, delay(0.3, seed=11_000 + i), principal=principals["alice"]).id
+    ids = [jobs.submit(fleet_db, delay(2, seed=11_000 + i), principal=principals["alice"]).id
            for i in range(4 * n)]  # fmt: skip
     done = asyncio.run(wait_all(fleet_db, ids))
     assert all(j.status == "completed" for j in done)
