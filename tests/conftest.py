@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.comfy",
     "tests.fixtures.prefect",
     "tests.fixtures.db",
+    "tests.fixtures.gateway",
 ]

@@ -1,14 +1,28 @@
 """The fleet monitor: probes every node, keeps a circuit breaker per node, knows its models.
 
 Each probe is `GET /system_stats` + `GET /queue` (cheap), with a short timeout; every few probes
-also `GET /models/checkpoints`. Per node a circuit breaker:
+also `GET /models/checkpoints`. Per node a circuit breaker (`health.failures_to_open` = K,
+`health.open_cooldown_s`):
 
     closed --K consecutive failures--> open --cool-down--> half_open --probe ok--> closed
                                          ^------------------ probe fails ---------|
 
-Only `closed` nodes get new attempts. Quarantine: a node with more than N attempt faults in the
-last hour (`health.quarantine_faults_per_hour`) is kept out of rotation until a clean probe window
-(`QUARANTINE_CLEAN_S` of successful probes) or an admin releases it.
+Only nodes that have answered a probe, are `closed` and are not quarantined get new attempts
+(`NodeHealth.healthy`).
+
+Quarantine (a flapping node): more than N faults (`health.quarantine_faults_per_hour`) in the
+last hour take the node out of rotation, whatever its circuit says. A fault is a circuit opening
+(counted here) or an attempt that had started on the node and ended `node_fault` (counted by the
+job store, handed in by the fleet service with `record_attempt_faults`, so faults seen by flows
+in other processes count too). Attempts moved off a node before they started do not count: one
+node death is one event, not one per queued job. The node leaves quarantine when an admin
+releases it (`release`: `comfyfleet nodes enable`), which also forgets the faults before it, or
+after a clean probe window: `clean_window_s` (default `QUARANTINE_CLEAN_S`) of successful probes
+with no new fault.
+
+Every state change is logged (`node gpu-1: circuit closed → open (ConnectError: …)`) and kept
+in `NodeHealth.state_since`. The monitor itself does no other I/O than probing: the fleet
+service acts on what it says (pauses pools, moves attempts, writes the node-state snapshot).
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,43 +45,72 @@ CircuitState = Literal["closed", "open", "half_open"]
 PROBE_TIMEOUT_S = 2.0
 MODELS_EVERY = 5  # probes between model inventory refreshes
 QUARANTINE_CLEAN_S = 300.0
+FAULT_WINDOW_S = 3600.0
 
 
 @dataclass
 class NodeHealth:
-    """What the monitor knows about one node."""
+    """What the monitor knows about one node (wall-clock times, seconds since the epoch)."""
 
     id: str
     url: str
     state: CircuitState = "closed"
-    failures: int = 0
+    state_since: float | None = None
+    failures: int = 0  # consecutive failed probes
     last_error: str | None = None
-    last_seen: float | None = None  # wall clock of the last good probe
+    last_seen: float | None = None  # the last good probe
+    ok_since: float | None = None  # start of the current run of good probes
     opened_at: float | None = None
     queue_depth: int = 0
     models: dict[str, frozenset[str]] | None = None
+    last_checkpoint: str | None = None  # the checkpoint of the node's latest attempt
     probes: int = 0
-    faults: deque[float] = field(default_factory=deque)  # attempt faults (wall clock)
+    openings: deque[float] = field(default_factory=deque)  # circuit openings
+    attempt_faults: tuple[float, ...] = ()  # started attempts that ended node_fault (store)
     quarantined_at: float | None = None
+    released_at: float | None = None  # faults before this are forgiven
 
     @property
     def healthy(self) -> bool:
-        return self.state == "closed" and self.quarantined_at is None
+        """May get new attempts: answered a probe, circuit closed, not quarantined."""
+        return self.state == "closed" and self.quarantined_at is None and self.last_seen is not None
 
-    def as_dict(self) -> dict[str, Any]:
+    @property
+    def quarantined(self) -> bool:
+        return self.quarantined_at is not None
+
+    def fault_times(self, now: float) -> list[float]:
+        """Faults that count now: in the last hour and after the last release."""
+        since = max(now - FAULT_WINDOW_S, self.released_at or 0.0)
+        return sorted(t for t in (*self.openings, *self.attempt_faults) if t > since)
+
+    def as_dict(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
         return {
             "id": self.id, "url": self.url, "state": self.state, "healthy": self.healthy,
-            "failures": self.failures, "last_error": self.last_error, "last_seen": self.last_seen,
-            "queue_depth": self.queue_depth, "quarantined": self.quarantined_at is not None,
+            "state_since": self.state_since, "failures": self.failures,
+            "last_error": self.last_error, "last_seen": self.last_seen,
+            "queue_depth": self.queue_depth, "quarantined": self.quarantined,
+            "quarantined_at": self.quarantined_at, "faults_last_hour": len(self.fault_times(now)),
             "models": {k: sorted(v) for k, v in (self.models or {}).items()},
+            "last_checkpoint": self.last_checkpoint,
         }  # fmt: skip
 
 
 class Monitor:
     """Probes nodes on a schedule and answers "is it healthy?" for the router."""
 
-    def __init__(self, settings: HealthSettings, *, transport: Any = None) -> None:
+    def __init__(
+        self,
+        settings: HealthSettings,
+        *,
+        transport: Any = None,
+        clock: Callable[[], float] = time.time,
+        clean_window_s: float = QUARANTINE_CLEAN_S,
+    ) -> None:
         self.settings = settings
+        self.clock = clock
+        self.clean_window_s = clean_window_s
         self.nodes: dict[str, NodeHealth] = {}
         self._http = httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, transport=transport)
 
@@ -74,9 +118,10 @@ class Monitor:
         await self._http.aclose()
 
     def track(self, node_id: str, url: str) -> NodeHealth:
+        url = url.rstrip("/")
         health = self.nodes.get(node_id)
         if health is None or health.url != url:
-            health = self.nodes[node_id] = NodeHealth(id=node_id, url=url.rstrip("/"))
+            health = self.nodes[node_id] = NodeHealth(id=node_id, url=url, state_since=self.clock())
         return health
 
     def forget(self, node_id: str) -> None:
@@ -86,71 +131,110 @@ class Monitor:
         await asyncio.gather(*(self.probe(h) for h in list(self.nodes.values())))
 
     async def probe(self, health: NodeHealth) -> None:
-        now = time.time()
+        now = self.clock()
         if health.state == "open":
             if now - (health.opened_at or now) < self.settings.open_cooldown_s:
                 return
-            self._set_state(health, "half_open", "cool-down over: trial probe")
+            self._set_state(health, "half_open", "cool-down over: trial probe", now)
         try:
             stats = await self._http.get(f"{health.url}/system_stats")
             stats.raise_for_status()
-            queue = (await self._http.get(f"{health.url}/queue")).json()
-            health.queue_depth = len(queue.get("queue_running", [])) + len(
-                queue.get("queue_pending", [])
-            )
+            queue = await self._http.get(f"{health.url}/queue")
+            queue.raise_for_status()
+            data = queue.json()
+            depth = len(data.get("queue_running", [])) + len(data.get("queue_pending", []))
             if health.models is None or health.probes % MODELS_EVERY == 0:
                 ckpts = await self._http.get(f"{health.url}/models/checkpoints")
+                ckpts.raise_for_status()
                 health.models = {"checkpoints": frozenset(ckpts.json())}
-        except (httpx.HTTPError, ValueError) as exc:
-            self._failed(health, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            self._failed(health, _describe(exc), self.clock())
             return
+        now = self.clock()
+        health.queue_depth = depth
         health.probes += 1
         health.failures = 0
         health.last_error = None
         health.last_seen = now
+        if health.ok_since is None:
+            health.ok_since = now
         if health.state != "closed":
-            self._set_state(health, "closed", "probe ok")
+            self._set_state(health, "closed", "probe ok", now)
         self._maybe_release(health, now)
 
-    def _failed(self, health: NodeHealth, error: str) -> None:
+    def _failed(self, health: NodeHealth, error: str, now: float) -> None:
         health.failures += 1
         health.last_error = error
+        health.ok_since = None
         if health.state == "half_open" or (
             health.state == "closed" and health.failures >= self.settings.failures_to_open
         ):
-            health.opened_at = time.time()
-            self._set_state(health, "open", error)
+            health.opened_at = now
+            if health.state == "closed":
+                health.openings.append(now)
+            self._set_state(health, "open", error, now)
+            self._check_quarantine(health, now)
 
-    def _set_state(self, health: NodeHealth, state: CircuitState, why: str) -> None:
-        logger.info("node %s: circuit %s → %s (%s)", health.id, health.state, state, why)
+    def _set_state(self, health: NodeHealth, state: CircuitState, why: str, now: float) -> None:
+        level = logging.WARNING if state == "open" else logging.INFO
+        logger.log(level, "node %s: circuit %s → %s (%s)", health.id, health.state, state, why)
         health.state = state
+        health.state_since = now
 
-    def attempt_fault(self, node_id: str, *, now: float | None = None) -> None:
-        """An attempt on the node ended as a node fault: count it for quarantine."""
+    def record_attempt_faults(
+        self, node_id: str, times: Iterable[float], *, released_at: float | None = None
+    ) -> None:
+        """The node's recent attempt faults (from the job store) and its last admin release."""
         health = self.nodes.get(node_id)
         if health is None:
             return
-        now = now or time.time()
-        health.faults.append(now)
-        while health.faults and health.faults[0] < now - 3600:
-            health.faults.popleft()
-        if (
-            health.quarantined_at is None
-            and len(health.faults) > self.settings.quarantine_faults_per_hour
-        ):
-            health.quarantined_at = now
-            logger.warning("node %s quarantined: %d faults in an hour", node_id, len(health.faults))
+        now = self.clock()
+        if released_at is not None and (health.released_at or 0.0) < released_at:
+            self.release(node_id, at=released_at)
+        health.attempt_faults = tuple(sorted(t for t in times if t > now - FAULT_WINDOW_S))
+        while health.openings and health.openings[0] <= now - FAULT_WINDOW_S:
+            health.openings.popleft()
+        self._check_quarantine(health, now)
 
-    def release(self, node_id: str) -> None:
-        """An admin returns a quarantined node to rotation."""
+    def _check_quarantine(self, health: NodeHealth, now: float) -> None:
+        if health.quarantined_at is not None:
+            return
+        faults = health.fault_times(now)
+        if len(faults) > self.settings.quarantine_faults_per_hour:
+            health.quarantined_at = now
+            health.state_since = now
+            logger.warning(
+                "node %s quarantined: %d faults in the last hour (more than %d)",
+                health.id, len(faults), self.settings.quarantine_faults_per_hour,
+            )  # fmt: skip
+
+    def release(self, node_id: str, *, at: float | None = None) -> None:
+        """An admin returns the node to rotation; faults before `at` no longer count."""
         health = self.nodes.get(node_id)
-        if health is not None:
+        if health is None:
+            return
+        at = self.clock() if at is None else at
+        health.released_at = max(at, health.released_at or 0.0)
+        if health.quarantined_at is not None and health.quarantined_at <= health.released_at:
+            logger.info("node %s released from quarantine by an admin", node_id)
             health.quarantined_at = None
-            health.faults.clear()
+            health.state_since = self.clock()
 
     def _maybe_release(self, health: NodeHealth, now: float) -> None:
-        if health.quarantined_at is not None and now - health.quarantined_at >= QUARANTINE_CLEAN_S:
-            recent = [t for t in health.faults if t >= health.quarantined_at]
-            if not recent:
-                logger.info("node %s leaves quarantine after a clean probe window", health.id)
-                self.release(health.id)
+        if health.quarantined_at is None or health.ok_since is None:
+            return
+        faults = health.fault_times(now)
+        clean_since = max(health.ok_since, health.quarantined_at, faults[-1] if faults else 0.0)
+        if now - clean_since >= self.clean_window_s:
+            logger.info(
+                "node %s leaves quarantine after %.0f s of clean probes", health.id,
+                now - clean_since,
+            )  # fmt: skip
+            health.quarantined_at = None
+            health.released_at = now
+            health.state_since = now
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
