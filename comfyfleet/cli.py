@@ -28,6 +28,8 @@ AREAS: tuple[str, ...] = (
     "comfyfleet.embedded",
     "comfyfleet.catalog.commands",
     "comfyfleet.store_commands",
+    "comfyfleet.node_commands",
+    "comfyfleet.client_commands",
 )
 """Modules whose `register(subparsers)` adds subcommands, in help order."""
 

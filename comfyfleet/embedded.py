@@ -4,8 +4,9 @@ Starts, in order: the Prefect server (127.0.0.1:4200, SQLite under `var/prefect/
 ComfyUI node for each configured node whose URL is on this machine's loopback and that nothing
 answers yet, the job store schema (and, the first time, an `admin` user whose generated password
 is printed once), the fleet's Prefect objects (blocks, pools, queues, deployments), one worker
-process for all pools and the fleet service (monitor, dispatcher). Then it runs one smoke job
-through the dispatcher, prints where things are, and waits.
+process for all pools, the fleet service (monitor, dispatcher) and the web process (REST gateway
+and Gradio UI on 127.0.0.1:8000). Then it runs one smoke job through the dispatcher, prints where
+things are, and waits.
 Ctrl-C, SIGTERM or `comfyfleet down` stops it all in reverse order.
 """
 
@@ -124,6 +125,7 @@ class EmbeddedFleet:
         for name, args in (
             ("worker", worker),
             ("fleet", [sys.executable, "-m", "comfyfleet.fleet"]),
+            ("web", [sys.executable, "-m", "gradio_app"]),
         ):
             log = (VAR / "logs" / f"{name}.log").open("ab")
             self.children[name] = subprocess.Popen(
@@ -209,9 +211,10 @@ def up(*, smoke: bool = True) -> int:
         if smoke:
             _smoke_job()
         logger.info(
-            "fleet up: Prefect UI %s — try: PREFECT_API_URL=%s prefect deployment run "
-            "'text-to-image/%s' -p prompt=\"a red fox\" --watch — Ctrl-C or `make down` stops it",
-            fleet.server.ui_url, fleet.server.api_url, settings.nodes[0].id,
+            "fleet up: web UI and REST http://%s:%d (docs at /docs), Prefect UI %s — try: "
+            "PREFECT_API_URL=%s prefect deployment run 'text-to-image/fleet' -p prompt=\"a red "
+            "fox\" --watch — Ctrl-C or `make down` stops it",
+            settings.gateway.host, settings.gateway.port, fleet.server.ui_url, fleet.server.api_url,
         )  # fmt: skip
         while not stopping:
             dead = fleet.alive()
