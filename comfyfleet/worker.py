@@ -88,6 +88,13 @@ class ComfyFleetWorker(BaseWorker[InProcessJobConfiguration, InProcessVariables,
         super().__init__(*args, **kwargs)
         self._flows: dict[UUID, Flow[..., Any]] = {}
         self._running: dict[UUID, anyio.CancelScope] = {}
+        self._polling = asyncio.Lock()
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        """One poll at a time: an event wake-up racing the poll loop would otherwise take runs
+        for the same free slot twice and overshoot the pool's limit (seen: 5 running of 4)."""
+        async with self._polling:
+            return await super().get_and_submit_flow_runs()
 
     async def _flow_for(self, flow_run: FlowRun) -> Flow[..., Any]:
         if flow_run.deployment_id is None:
