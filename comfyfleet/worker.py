@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import math
 import os
 import socket
 from typing import Any
@@ -88,13 +89,21 @@ class ComfyFleetWorker(BaseWorker[InProcessJobConfiguration, InProcessVariables,
         super().__init__(*args, **kwargs)
         self._flows: dict[UUID, Flow[..., Any]] = {}
         self._running: dict[UUID, anyio.CancelScope] = {}
-        self._polling = asyncio.Lock()
 
-    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
-        """One poll at a time: an event wake-up racing the poll loop would otherwise take runs
-        for the same free slot twice and overshoot the pool's limit (seen: 5 running of 4)."""
-        async with self._polling:
-            return await super().get_and_submit_flow_runs()
+    async def setup(self) -> None:
+        await super().setup()
+        # The server counts a run against the pool's limit only once it is Pending, and the base
+        # worker proposes Pending in a background task after the poll returns: a second poll in
+        # that gap (an event wake-up racing the loop) gets runs for the same free slot again
+        # (seen: 5 running in a pool of 4). A local limiter sized to the pool closes the gap.
+        self._limiter = anyio.CapacityLimiter(math.inf)
+
+    async def sync_with_backend(self) -> None:
+        """Heartbeat and pool refresh; the local limit follows the pool's concurrency limit."""
+        await super().sync_with_backend()
+        if self._work_pool is not None and self._limiter is not None:
+            limit = self._work_pool.concurrency_limit
+            self._limiter.total_tokens = math.inf if limit is None else max(limit, 1)
 
     async def _flow_for(self, flow_run: FlowRun) -> Flow[..., Any]:
         if flow_run.deployment_id is None:

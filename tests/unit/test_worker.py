@@ -28,3 +28,41 @@ def test_worker_type_and_pool_template() -> None:
     assert ComfyFleetWorker.type == WORKER_TYPE == "comfyfleet"
     template = ComfyFleetWorker.get_default_base_job_template()
     assert "job_configuration" in template and "variables" in template
+
+
+async def test_two_polls_before_pending_cannot_take_more_runs_than_the_pool_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server counts a run only once it is Pending; a second poll in that gap gets other
+    runs for the same free slots. The worker's own limiter, sized to the pool, refuses them."""
+    from types import SimpleNamespace
+    from uuid import uuid4
+
+    from prefect.workers.base import BaseWorker
+
+    async def synced(self: ComfyFleetWorker) -> None:
+        self._work_pool = SimpleNamespace(concurrency_limit=2)
+
+    monkeypatch.setattr(BaseWorker, "sync_with_backend", synced)
+    monkeypatch.setattr(BaseWorker, "setup", lambda self: _noop())
+    worker = ComfyFleetWorker(work_pool_name="p", create_pool_if_not_found=False)
+    started: list[object] = []
+    worker._runs_task_group = SimpleNamespace(start_soon=lambda fn, run: started.append(run.id))
+    worker.get_flow_run_logger = lambda run: SimpleNamespace(info=lambda *a, **k: None)
+    await worker.setup()
+    await worker.sync_with_backend()
+
+    def response(*ids: object) -> list[SimpleNamespace]:
+        return [SimpleNamespace(flow_run=SimpleNamespace(id=i, name=str(i))) for i in ids]
+
+    a, b, c = uuid4(), uuid4(), uuid4()
+    await worker._submit_scheduled_flow_runs(response(a))
+    await worker._submit_scheduled_flow_runs(response(b, c))  # a not yet Pending on the server
+    assert started == [a, b]
+    worker._release_limit_slot(a)
+    await worker._submit_scheduled_flow_runs(response(c))
+    assert started == [a, b, c]
+
+
+async def _noop() -> None:
+    return None
