@@ -59,6 +59,7 @@ class EmbeddedFleet:
         self.server = PrefectServer(
             home=VAR / "prefect", port=api.port or 4200, host=api.hostname or "127.0.0.1",
             log_path=VAR / "logs" / "prefect-server.log",
+            database_url=settings.prefect.database_url,
         )  # fmt: skip
         self.nodes: list[LocalComfyUI] = []
         self.children: dict[str, subprocess.Popen[bytes]] = {}

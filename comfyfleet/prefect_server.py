@@ -2,6 +2,13 @@
 
 Prefect is always used with `PREFECT_API_URL` set: its ephemeral mode starts a throwaway server
 per script (5–12 s each, measured) and workers refuse it.
+
+The server's own database is SQLite in its home unless `prefect.database_url` names a PostgreSQL
+database (`postgresql+asyncpg://user:pw@host:5432/db`): it becomes the server's
+`PREFECT_SERVER_DATABASE_CONNECTION_URL` and nothing else sees it. Prefect's migrations create the
+`pg_trgm` extension, so the role needs CREATE on the database (pg_trgm is a trusted extension:
+the database owner may create it) or an administrator creates it beforehand. Prefect supports no
+other database (MySQL is refused by Prefect itself).
 """
 
 from __future__ import annotations
@@ -16,8 +23,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 logger = logging.getLogger(__name__)
+
+DATABASE_ENV = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+_LEGACY_DATABASE_ENV = "PREFECT_API_DATABASE_CONNECTION_URL"
+
+
+def server_database_env(database_url: str | None) -> dict[str, str]:
+    """The server's database setting for a `prefect.database_url` ({} = SQLite in its home).
+
+    `postgresql://…` and `postgres://…` get the asyncpg driver Prefect's server uses; anything
+    but PostgreSQL or SQLite is refused here with the reason, not after a server start."""
+    if not database_url:
+        return {}
+    try:
+        url = make_url(database_url)
+    except ArgumentError as exc:
+        raise ValueError(f"prefect.database_url is not a database URL: {exc}") from exc
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+asyncpg")
+    elif backend == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    else:
+        raise ValueError(
+            f"prefect.database_url: Prefect's server runs on PostgreSQL or SQLite, not {backend} "
+            "(the ComfyFleet job store is `database.url`, which may be MySQL)"
+        )
+    return {DATABASE_ENV: url.render_as_string(hide_password=False)}
 
 
 def prefect_env(*, api_url: str, home: Path) -> dict[str, str]:
@@ -44,6 +80,7 @@ class PrefectServer:
     port: int
     host: str = "127.0.0.1"
     log_path: Path | None = None
+    database_url: str | None = None  # `prefect.database_url`; None = SQLite in `home`
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -57,16 +94,36 @@ class PrefectServer:
     def env(self) -> dict[str, str]:
         return prefect_env(api_url=self.api_url, home=self.home)
 
+    def server_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The server process's environment: `base` (default: ours) + `env()` + its database.
+
+        A database URL inherited from the caller's environment never leaks in: the setting
+        decides, so two servers started from one process keep their own databases."""
+        env = dict(os.environ if base is None else base)
+        env.pop(DATABASE_ENV, None)
+        env.pop(_LEGACY_DATABASE_ENV, None)
+        return {**env, **self.env(), **server_database_env(self.database_url)}
+
+    @property
+    def database(self) -> str:
+        """Where the server keeps its state, for logs (password hidden)."""
+        if not self.database_url:
+            return f"SQLite in {self.home}"
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
     def start(self, *, timeout: float = 120.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path or self.home / "server.log"
         self.log_path = log_path
-        env = {**os.environ, **self.env()}
+        env = self.server_env()
         cmd = [
             sys.executable, "-m", "prefect", "server", "start",
             "--host", self.host, "--port", str(self.port),
         ]  # fmt: skip
-        logger.info("starting Prefect server on %s (home %s)", self.ui_url, self.home)
+        logger.info(
+            "starting Prefect server on %s (home %s, database %s)",
+            self.ui_url, self.home, self.database,
+        )  # fmt: skip
         with log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -79,6 +79,11 @@ class DatabaseSettings(BaseModel):
 
 class PrefectSettings(BaseModel):
     api_url: str = "http://127.0.0.1:4200/api"
+    database_url: str | None = Field(
+        default=None,
+        description="Database of the Prefect server ComfyFleet starts: None = SQLite in its home; "
+        "postgresql+asyncpg://user:pw@host:5432/db for PostgreSQL (comfyfleet.prefect_server).",
+    )
 
 
 class StoreSettings(BaseModel):
