@@ -17,8 +17,10 @@ functions here edit them for the CLI (`comfyfleet nodes …`) and the REST admin
 
 Node state. The fleet service (the one process that probes) writes a snapshot of every node
 after each probe round to one JSON file, `state_path(settings)`: beside the SQLite database
-(`var/fleet-nodes.json` by default), or `var/fleet-nodes.json` under the checkout for other
-databases. It is replaced atomically (write + rename), so readers never see half a file.
+(`var/fleet-nodes.json` by default), or for other databases beside the output store's folder
+(`store.outputs_dir`'s parent: `var/` by default), so two fleets on one MySQL server but with
+their own stores never share it. It is replaced atomically (write + rename), so readers never
+see half a file.
 `node_states()` reads it; that is the function the REST API, the UI, the metrics and
 `comfyfleet nodes list` call. A snapshot older than `STALE_AFTER_S` (or 3 probe intervals)
 means no fleet service is running: every node then reads `state: unknown`, `stale: true`.
@@ -45,7 +47,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from comfyfleet.settings import REPO_ROOT, NodeConfig, Settings, get_settings
+from comfyfleet.settings import NodeConfig, Settings, get_settings
 from comfyfleet.store import (
     Attempt,
     Conflict,
@@ -126,7 +128,7 @@ def state_path(settings: Settings | None = None) -> Path:
     url = make_url(settings.database.url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         return Path(str(url.database)).with_name(STATE_FILE)
-    return REPO_ROOT / "var" / STATE_FILE
+    return Path(settings.store.outputs_dir).parent / STATE_FILE
 
 
 def write_snapshot(path: Path, nodes: Iterable[NodeState], *, probe_interval_s: float) -> None:
