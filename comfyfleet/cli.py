@@ -26,10 +26,13 @@ if TYPE_CHECKING:
 
 AREAS: tuple[str, ...] = (
     "comfyfleet.embedded",
+    "comfyfleet.logs",
+    "comfyfleet.doctor",
     "comfyfleet.catalog.commands",
     "comfyfleet.store_commands",
     "comfyfleet.node_commands",
     "comfyfleet.client_commands",
+    "comfyfleet.config_reload",
 )
 """Modules whose `register(subparsers)` adds subcommands, in help order."""
 
@@ -66,11 +69,9 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        lines = [f"{config_path()}: invalid configuration"]
-        for err in exc.errors():
-            loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
-            lines.append(f"  {loc}: {err['msg']}")
-        raise CliError("\n".join(lines)) from None
+        from comfyfleet.config_reload import format_errors
+
+        raise CliError(format_errors(exc, config_path())) from None
     except (OSError, ValueError) as exc:  # unreadable file, YAML syntax errors
         raise CliError(f"{config_path()}: {exc}") from None
 

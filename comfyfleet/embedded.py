@@ -1,38 +1,65 @@
 """The embedded fleet (`comfyfleet up`): everything on one machine, supervised in the foreground.
 
-Starts, in order: the Prefect server (127.0.0.1:4200, SQLite under `var/prefect/`), a local CPU
-ComfyUI node for each configured node whose URL is on this machine's loopback and that nothing
-answers yet, the job store schema (and, the first time, an `admin` user whose generated password
-is printed once), the fleet's Prefect objects (blocks, pools, queues, deployments), one worker
-process for all pools, the fleet service (monitor, dispatcher) and the web process (REST gateway
-and Gradio UI on 127.0.0.1:8000). Then it runs one smoke job through the dispatcher, prints where
-things are, and waits.
-Ctrl-C, SIGTERM or `comfyfleet down` stops it all in reverse order.
+Starts, in order: the Prefect server (`prefect.api_url`, SQLite under `<embedded.var_dir>/prefect`)
+unless one answers there already, a local CPU ComfyUI node for each enabled node whose URL is on
+this machine's loopback and that nothing answers yet, the job store schema (and, the first time,
+an `admin` user whose generated password is printed once), the fleet's Prefect objects (blocks,
+pools, queues, deployments), one worker process for the control pool and every node pool, the
+fleet service (monitor, dispatcher) and the web process (REST gateway and Gradio UI on
+`gateway.host:port`). Then it prints where things are, runs one smoke job, and supervises:
+
+- a child that dies is reported (log line, also in the combined log) and started again with
+  backoff (comfyfleet.supervisor);
+- a node pool that appears later (a node added by `comfyfleet nodes add`, the REST admin API or a
+  config reload) gets a worker of its own (`worker-<node>`); it stops when the pool goes away;
+- logs: `<logging.dir>/<component>.log` per component, `fleet.log` for all of them;
+- `<embedded.var_dir>/run/up.pid` and `components.json` (pids, restarts) say what runs.
+
+Ctrl-C, SIGTERM or `comfyfleet down` stops it all, the last started first, each process group
+with SIGTERM, then SIGKILL after `embedded.stop_grace_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
-import subprocess
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
+from types import FrameType
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 
 from comfyfleet.localnode import LocalComfyUI, ensure_comfyui_install
-from comfyfleet.prefect_server import PrefectServer
-from comfyfleet.settings import REPO_ROOT, NodeConfig, Settings, get_settings
+from comfyfleet.logs import COMBINED, FORMAT, CombinedLog, configure_logging
+from comfyfleet.prefect_server import PrefectServer, prefect_env
+from comfyfleet.settings import REPO_ROOT, NodeConfig, Settings
+from comfyfleet.supervisor import Child, Command, Supervisor
 
 logger = logging.getLogger(__name__)
 
-VAR = REPO_ROOT / "var"
-PID_FILE = VAR / "run" / "up.pid"
+POOL_CHECK_S = 5.0
+READY_TIMEOUT_S = 180.0
+
+
+class StartError(RuntimeError):
+    """The fleet could not start; the message says why and what to do."""
+
+
+def pid_file(settings: Settings) -> Path:
+    return settings.embedded.var_dir / "run" / "up.pid"
+
+
+def components_file(settings: Settings) -> Path:
+    return settings.embedded.var_dir / "run" / "components.json"
 
 
 def _local_port(node: NodeConfig) -> int | None:
@@ -43,65 +70,193 @@ def _local_port(node: NodeConfig) -> int | None:
     return None
 
 
-def _answers(url: str) -> bool:
+def _get_ok(url: str) -> bool:
     try:
-        return httpx.get(f"{url.rstrip('/')}/system_stats", timeout=2).status_code == 200
+        return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_for(url: str, *, child: Child | None, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child is not None and child.returncode() is not None:
+            raise StartError(f"{what} exited before it was ready (log {child.log_path})")
+        if _get_ok(url):
+            return
+        time.sleep(0.25)
+    raise StartError(f"{what} did not answer {url} within {timeout:.0f} s")
+
+
+class LocalNode:
+    """A local ComfyUI node as a supervised child (its own log under the node's folder, linked
+    from the logs directory)."""
+
+    def __init__(self, node: LocalComfyUI, *, name: str, log_link: Path) -> None:
+        self.node, self.name, self.log_path = node, name, log_link
+
+    @property
+    def pid(self) -> int | None:
+        return self.node.pid
+
+    def start(self) -> None:
+        self.node.start()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.log_path.unlink()
+        self.log_path.symlink_to(self.node.log_path)
+
+    def returncode(self) -> int | None:
+        if self.node.is_running():
+            return None
+        code = self.node.returncode
+        return code if code is not None else 1
+
+    def stop(self, *, grace_s: float) -> None:
+        pid = self.node.pid
+        self.node.stop(timeout=grace_s)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+class _CombinedHandler(logging.Handler):
+    def __init__(self, combined: CombinedLog) -> None:
+        super().__init__()
+        self.combined = combined
+        self.setFormatter(logging.Formatter(FORMAT))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.combined.write(f"[up] {self.format(record)}")
+
+
 class EmbeddedFleet:
-    """The processes of `make up`, started and stopped together."""
+    """The processes of `make up`, started in order, supervised, stopped together."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.var = settings.embedded.var_dir
+        self.logs = settings.logging.dir
         api = urlparse(settings.prefect.api_url)
-        self.server = PrefectServer(
-            home=VAR / "prefect", port=api.port or 4200, host=api.hostname or "127.0.0.1",
-            log_path=VAR / "logs" / "prefect-server.log",
-            database_url=settings.prefect.database_url,
+        if not api.hostname or not api.port:
+            raise StartError(f"prefect.api_url {settings.prefect.api_url!r} needs a host and port")
+        self.api_url = settings.prefect.api_url.rstrip("/")
+        self.prefect_host, self.prefect_port = api.hostname, api.port
+        self.ui_url = f"{api.scheme}://{api.hostname}:{api.port}"
+        self.combined = CombinedLog(self.logs / f"{COMBINED}.log")
+        emb = settings.embedded
+        self.supervisor = Supervisor(
+            backoff_s=emb.restart_backoff_s, backoff_max_s=emb.restart_backoff_max_s,
+            grace_s=emb.stop_grace_s, on_event=lambda event, msg, child: self.write_state(),
         )  # fmt: skip
-        self.nodes: list[LocalComfyUI] = []
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.admin_password: str | None = None
+        self.admin_created = False
+        self._last_pool_check = 0.0
+
+    @property
+    def web_url(self) -> str:
+        host = self.settings.gateway.host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{shown}:{self.settings.gateway.port}"
+
+    # -- start ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        (VAR / "logs").mkdir(parents=True, exist_ok=True)
-        os.environ.update(self.server.env())
-        if _answers_health(self.server.api_url):
-            logger.info("Prefect server already running at %s", self.server.api_url)
-        else:
-            self.server.start(timeout=180)
-        logger.info("Prefect server and UI: %s", self.server.ui_url)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.combined.start()
+        os.environ.update(prefect_env(api_url=self.api_url, home=self.var / "prefect"))
+        self._check_ports()
+        self._start_prefect()
         self._start_nodes()
         self._prepare_store()
         self._apply()
         self._start_children()
+        web = self.supervisor.child("web")
+        _wait_for(
+            f"{self.web_url}/api/health", child=web, what="the web process", timeout=READY_TIMEOUT_S
+        )
+        self.write_state()
+
+    def _supervise(self, child: Child) -> None:
+        self.supervisor.start(child)
+        self.combined.follow(child.name, child.log_path)
+
+    def _check_ports(self) -> None:
+        gw = self.settings.gateway
+        if not _port_free(gw.host or "0.0.0.0", gw.port):
+            raise StartError(
+                f"port {gw.port} on {gw.host} is in use: stop what holds it, or set "
+                "gateway.port (COMFYFLEET_GATEWAY__PORT)"
+            )
+
+    def _start_prefect(self) -> None:
+        if _get_ok(f"{self.api_url}/health"):
+            logger.info("Prefect server already running at %s: using it", self.api_url)
+            return
+        if not _port_free(self.prefect_host, self.prefect_port):
+            raise StartError(
+                f"port {self.prefect_port} is in use but no Prefect server answers "
+                f"{self.api_url}/health: stop what holds it, or change prefect.api_url"
+            )
+        home = self.var / "prefect"
+        home.mkdir(parents=True, exist_ok=True)
+        spec = PrefectServer(
+            home=home, port=self.prefect_port, host=self.prefect_host,
+            database_url=self.settings.prefect.database_url,
+        )  # fmt: skip
+        try:
+            env = spec.server_env()
+        except ValueError as exc:
+            raise StartError(str(exc)) from None
+        logger.info("starting the Prefect server (database: %s)", spec.database)
+        server = Command(
+            "prefect-server",
+            [sys.executable, "-m", "prefect", "server", "start",
+             "--host", self.prefect_host, "--port", str(self.prefect_port)],
+            log_path=self.logs / "prefect-server.log", cwd=REPO_ROOT, env=env,
+        )  # fmt: skip
+        self._supervise(server)
+        _wait_for(
+            f"{self.api_url}/health", child=server, what="the Prefect server",
+            timeout=READY_TIMEOUT_S,
+        )  # fmt: skip
+        logger.info("Prefect server ready at %s", self.api_url)
 
     def _start_nodes(self) -> None:
-        local = [(n, _local_port(n)) for n in self.settings.nodes if n.enabled]
-        wanted = [(n, p) for n, p in local if p is not None and not _answers(n.url)]
+        wanted = []
+        for node in self.settings.nodes:
+            port = _local_port(node)
+            if not node.enabled or port is None:
+                continue
+            if _get_ok(f"{node.url.rstrip('/')}/system_stats"):
+                logger.info("node %s: ComfyUI already answers at %s: using it", node.id, node.url)
+                continue
+            wanted.append((node, port))
         if not wanted:
             return
-        install = ensure_comfyui_install(VAR)
+        install = ensure_comfyui_install(REPO_ROOT / "var")
+        children = []
         for node, port in wanted:
-            process = LocalComfyUI(
-                install, VAR / "nodes" / node.id, port=port, die_with_parent=True
-            )
-            process.start()
-            self.nodes.append(process)
-        for process in self.nodes:
-            stats = process.wait_ready(timeout=120)
-            logger.info(
-                "ComfyUI %s ready at %s (log %s)",
-                stats.get("system", {}).get("comfyui_version"), process.url, process.log_path,
-            )  # fmt: skip
-
-    def _apply(self) -> None:
-        from deployments import apply_fleet
-
-        asyncio.run(apply_fleet(self.settings.nodes))
-        for node in self.settings.nodes:
-            logger.info("node %s → pool comfyui-%s, deployments */%s", node.id, node.id, node.id)
+            local = LocalComfyUI(install, self.var / "nodes" / node.id, port=port)
+            name = f"comfyui-{node.id}"
+            child = LocalNode(local, name=name, log_link=self.logs / f"{name}.log")
+            self._supervise(child)
+            children.append((node, child))
+        for node, child in children:
+            stats = child.node.wait_ready(timeout=READY_TIMEOUT_S)
+            version = stats.get("system", {}).get("comfyui_version")
+            logger.info("ComfyUI %s node %s ready at %s", version, node.id, node.url)
 
     def _prepare_store(self) -> None:
         from comfyfleet.auth import create_user, generate_password
@@ -113,65 +268,118 @@ class EmbeddedFleet:
             if not [u for u in db.run(list_users, readonly=True) if u.role == "admin"]:
                 password = generate_password()
                 db.run(lambda s: create_user(s, username="admin", password=password, admin=True))
-                logger.info("created user admin with password %s (shown once)", password)
+                self.admin_password, self.admin_created = password, True
+                logger.info("created user admin (its password is shown once, on the terminal)")
         finally:
             db.dispose()
 
-    def _start_children(self) -> None:
-        from deployments import CONTROL_POOL, pool_name
+    def _apply(self) -> None:
+        from deployments import apply_fleet
 
-        worker = [sys.executable, "-m", "comfyfleet.worker", "--pool", CONTROL_POOL]
+        asyncio.run(apply_fleet(self.settings.nodes))
         for node in self.settings.nodes:
-            worker += ["--pool", pool_name(node.id)]
-        for name, args in (
-            ("worker", worker),
-            ("fleet", [sys.executable, "-m", "comfyfleet.fleet"]),
+            logger.info("node %s → pool comfyui-%s, deployments */%s", node.id, node.id, node.id)
+
+    def _worker(self, name: str, pools: list[str]) -> Command:
+        argv = [sys.executable, "-m", "comfyfleet.worker"]
+        for pool in pools:
+            argv += ["--pool", pool]
+        return Command(name, argv, log_path=self.logs / f"{name}.log", cwd=REPO_ROOT)
+
+    def _start_children(self) -> None:
+        from deployments import CONTROL_POOL
+
+        self.served = set(self._node_pools())
+        self._supervise(self._worker("worker", [CONTROL_POOL, *sorted(self.served)]))
+        for name, argv in (
+            ("fleet-service", [sys.executable, "-m", "comfyfleet.fleet"]),
             ("web", [sys.executable, "-m", "gradio_app"]),
         ):
-            log = (VAR / "logs" / f"{name}.log").open("ab")
-            self.children[name] = subprocess.Popen(
-                args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            logger.info("%s pid %d (log var/logs/%s.log)", name, self.children[name].pid, name)
+            self._supervise(Command(name, argv, log_path=self.logs / f"{name}.log", cwd=REPO_ROOT))
+
+    # -- run -----------------------------------------------------------------------------------
+
+    def _node_pools(self) -> list[str]:
+        """The node pools Prefect has now (`comfyui-*`)."""
+        from prefect.client.orchestration import get_client
+
+        from comfyfleet.fleet.registry import POOL_PREFIX
+
+        async def read() -> list[str]:
+            async with get_client() as client:
+                return [p.name for p in await client.read_work_pools()]
+
+        return sorted(n for n in asyncio.run(read()) if n.startswith(POOL_PREFIX))
+
+    def follow_pools(self) -> None:
+        """A worker for every node pool that appeared since the start; stop the ones whose
+        pool is gone."""
+        from comfyfleet.fleet.registry import POOL_PREFIX
+
+        if time.monotonic() - self._last_pool_check < POOL_CHECK_S:
+            return
+        self._last_pool_check = time.monotonic()
+        try:
+            pools = set(self._node_pools())
+        except Exception as exc:  # the Prefect server restarting, say: next time
+            logger.debug("reading the pools failed: %s", exc)
+            return
+        for pool in sorted(pools - self.served):
+            name = f"worker-{pool.removeprefix(POOL_PREFIX)}"
+            if name not in self.supervisor:
+                logger.info("new pool %s: starting %s", pool, name)
+                self._supervise(self._worker(name, [pool]))
+                self.write_state()
+        for name in self.supervisor.names():
+            if name.startswith("worker-") and f"{POOL_PREFIX}{name[7:]}" not in pools:
+                logger.info("pool %s is gone: stopping %s", f"{POOL_PREFIX}{name[7:]}", name)
+                self.supervisor.stop(name)
+                self.write_state()
+
+    def check(self) -> None:
+        self.supervisor.check()
+        self.follow_pools()
+
+    def write_state(self) -> None:
+        path = components_file(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"pid": os.getpid(), "components": self.supervisor.state()}
+        tmp = path.with_suffix(".part")
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, path)
+
+    def banner(self) -> str:
+        if self.admin_created:
+            admin = f"admin / {self.admin_password}   (shown once: note it now)"
+        else:
+            admin = "admin (password shown at the first start; `comfyfleet users …` manages users)"
+        rows = [
+            ("web UI (Gradio)", f"{self.web_url}/"),
+            ("REST API docs", f"{self.web_url}/docs"),
+            ("metrics", f"{self.web_url}/metrics"),
+            ("Prefect UI", self.ui_url),
+            ("login", admin),
+            ("logs", f"{self.logs}/ (all: {COMBINED}.log, or `comfyfleet logs -f`)"),
+            ("stop", "Ctrl-C, or `make down` / `comfyfleet down`"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(["", "ComfyFleet is up:", *(f"  {k:<{width}}  {v}" for k, v in rows), ""])
 
     def stop(self) -> None:
-        for proc in reversed(list(self.children.values())):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-        for process in reversed(self.nodes):
-            process.stop()
-        self.server.stop()
-
-    def alive(self) -> str | None:
-        """The name of a child that died, or None while all run."""
-        for name, proc in self.children.items():
-            if proc.poll() is not None:
-                return name
-        for process in self.nodes:
-            if not process.is_running():
-                return f"ComfyUI node {process.url}"
-        return None
+        self.supervisor.stop_all()
+        with contextlib.suppress(FileNotFoundError):
+            components_file(self.settings).unlink()
+        self.combined.close()
 
 
-def _answers_health(api_url: str) -> bool:
-    try:
-        return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _smoke_job() -> None:
+def _smoke_job(settings: Settings) -> None:
     """One text-to-image job through the dispatcher, as the `prefect` service user."""
     from comfyfleet import jobs
     from comfyfleet.auth import Principal
     from comfyfleet.store import Database
     from comfyfleet.store.users import ensure_service_user
 
-    db = Database.from_settings()
+    db = Database.from_settings(settings)
     try:
         principal = Principal(user=db.run(ensure_service_user))
         started = time.monotonic()
@@ -184,80 +392,116 @@ def _smoke_job() -> None:
             "smoke job %s: %s on %s in %.1fs → %s", job.id, job.status, job.node,
             time.monotonic() - started, ", ".join(o.path for o in job.outputs) or job.error,
         )  # fmt: skip
+    except Exception as exc:
+        logger.error("smoke job failed: %s", exc)
     finally:
         db.dispose()
 
 
-def up(*, smoke: bool = True) -> int:
+def _running_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def up(*, smoke: bool | None = None) -> int:
     """Run the embedded fleet until interrupted."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    settings = get_settings()
+    from comfyfleet.cli import load_settings
+
+    settings = load_settings()
+    configure_logging(settings)
     if not settings.nodes:
         logger.error("no nodes configured (comfyfleet.yaml `nodes:`)")
         return 2
-    PID_FILE.parent.mkdir(parents=True, exist_ok=True)
-    PID_FILE.write_text(str(os.getpid()))
+    pids = pid_file(settings)
+    running = _running_pid(pids)
+    if running is not None and running != os.getpid():
+        logger.error("the fleet runs already (pid %d); `comfyfleet down` stops it", running)
+        return 1
+    pids.parent.mkdir(parents=True, exist_ok=True)
+    pids.write_text(str(os.getpid()))
     fleet = EmbeddedFleet(settings)
-    stopping = False
+    logging.getLogger().addHandler(_CombinedHandler(fleet.combined))
+    stopping = threading.Event()
+    starting = True
 
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("got %s", signal.Signals(signum).name)
+        stopping.set()
+        if starting:
+            raise _Interrupted
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
-        fleet.start()
-        if smoke:
-            _smoke_job()
-        logger.info(
-            "fleet up: web UI and REST http://%s:%d (docs at /docs), Prefect UI %s — try: "
-            "PREFECT_API_URL=%s prefect deployment run 'text-to-image/fleet' -p prompt=\"a red "
-            "fox\" --watch — Ctrl-C or `make down` stops it",
-            settings.gateway.host, settings.gateway.port, fleet.server.ui_url, fleet.server.api_url,
-        )  # fmt: skip
-        while not stopping:
-            dead = fleet.alive()
-            if dead:
-                logger.error("%s exited; stopping the fleet (see var/logs/)", dead)
-                return 1
-            time.sleep(0.5)
+        try:
+            fleet.start()
+        except StartError as exc:
+            logger.error("the fleet did not start: %s", exc)
+            return 1
+        starting = False
+        print(fleet.banner(), flush=True)
+        if settings.embedded.smoke_job if smoke is None else smoke:
+            threading.Thread(target=_smoke_job, args=(settings,), daemon=True).start()
+        while not stopping.wait(0.5):
+            fleet.check()
         return 0
+    except _Interrupted:
+        return 130
     finally:
+        starting = False
         logger.info("stopping the fleet")
         fleet.stop()
+        logger.info("fleet stopped")
         with contextlib.suppress(FileNotFoundError):
-            PID_FILE.unlink()
+            pids.unlink()
 
 
-def down() -> int:
-    """Stop a running `comfyfleet up` (by its pid file)."""
-    try:
-        pid = int(Path(PID_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        print("comfyfleet: nothing to stop (no var/run/up.pid)")
+def down(*, timeout: float = 90.0) -> int:
+    """Stop a running `comfyfleet up` (by its pid file) and wait until it has stopped."""
+    from comfyfleet.cli import load_settings
+
+    path = pid_file(load_settings())
+    pid = _running_pid(path)
+    if pid is None:
+        print(f"comfyfleet: nothing to stop (no running fleet in {path})")
+        path.unlink(missing_ok=True)
         return 0
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        PID_FILE.unlink(missing_ok=True)
-        return 0
-    for _ in range(300):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
             print("comfyfleet: stopped")
             return 0
-        time.sleep(0.1)
-    print(f"comfyfleet: process {pid} still running after 30 s")
+        time.sleep(0.2)
+    # Its children get SIGTERM when it dies (PR_SET_PDEATHSIG).
+    print(f"comfyfleet: process {pid} still running after {timeout:.0f} s; killing it")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
     return 1
 
 
-def register(subparsers: object) -> None:
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (exited, not yet reaped by its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def register(subparsers: Any) -> None:
     """`comfyfleet up` and `comfyfleet down`."""
-    parser = subparsers.add_parser("up", help="run the embedded fleet in the foreground")  # type: ignore[attr-defined]
-    parser.add_argument("--no-smoke", action="store_true", help="skip the smoke job at start")
-    parser.set_defaults(func=lambda args: up(smoke=not args.no_smoke))
-    parser = subparsers.add_parser("down", help="stop what `comfyfleet up` started")  # type: ignore[attr-defined]
+    parser = subparsers.add_parser("up", help="run the embedded fleet in the foreground")
+    parser.add_argument(
+        "--no-smoke", action="store_true", help="skip the smoke job at start (embedded.smoke_job)"
+    )
+    parser.set_defaults(func=lambda args: up(smoke=False if args.no_smoke else None))
+    parser = subparsers.add_parser("down", help="stop what `comfyfleet up` started")
     parser.set_defaults(func=lambda args: down())

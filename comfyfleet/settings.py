@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -102,6 +102,51 @@ class GatewaySettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class LoggingSettings(BaseModel):
+    """Log levels of every ComfyFleet process, and the directory `comfyfleet up` writes to."""
+
+    level: str = "INFO"
+    levels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per logger, e.g. {comfyfleet.fleet: DEBUG, prefect: WARNING}.",
+    )
+    dir: Path = REPO_ROOT / "var" / "logs"
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        return _log_level(value)
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: _log_level(level) for name, level in value.items()}
+
+
+def _log_level(value: str) -> str:
+    level = str(value).upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+class EmbeddedSettings(BaseModel):
+    """`comfyfleet up`: where it keeps its runtime files, how it supervises its processes."""
+
+    var_dir: Path = Field(
+        default=REPO_ROOT / "var",
+        description="Prefect server home, local node folders, pid files (the ComfyUI venv "
+        "stays in the checkout's var/comfyui).",
+    )
+    restart_backoff_s: float = Field(default=1.0, gt=0, description="first restart delay")
+    restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    stop_grace_s: float = Field(default=10.0, gt=0, description="SIGTERM → SIGKILL after this")
+    smoke_job: bool = True
+
+
 class Settings(BaseSettings):
     """Everything a ComfyFleet process reads at start."""
 
@@ -120,6 +165,8 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     defaults: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Fleet-wide parameter defaults per workflow id (small sizes for CPU nodes).",

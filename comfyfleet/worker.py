@@ -257,7 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", action="append", required=True, help="work pool (repeatable)")
     parser.add_argument("--name", help="worker name prefix (default: host name)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from comfyfleet.logs import configure_logging
+
+    configure_logging()
     asyncio.run(serve(args.pool, name=args.name))
 
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
+from comfyfleet.logs import configure_logging
 from comfyfleet.settings import get_settings
 from gradio_app.web import serve
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     serve(get_settings())
 
 

@@ -44,6 +44,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -59,6 +60,8 @@ from prefect.states import Cancelling, Crashed
 from sqlalchemy import and_, func, select, text
 
 from comfyfleet.comfyui import ComfyUIClient
+from comfyfleet.config_reload import CHECK_S as CONFIG_CHECK_S
+from comfyfleet.config_reload import ConfigWatcher
 from comfyfleet.fleet.dispatcher import Dispatcher
 from comfyfleet.fleet.monitor import FAULT_WINDOW_S, Monitor
 from comfyfleet.fleet.registry import (
@@ -200,6 +203,7 @@ class FleetService:
         self.paused: dict[str, bool] = {}
         self.facts = FleetFacts()
         self.state_file = state_path(self.settings)
+        self.config = ConfigWatcher(self.settings)
         self._adoptions: dict[str, int] = {}
         self._reruns: dict[str, int] = {}
         self._last_expiry = 0.0
@@ -350,11 +354,19 @@ class FleetService:
                     ),
                     self._every(DISPATCH_INTERVAL_S, lambda: dispatcher.tick(self.nodes), stop),
                     self._every(ATTEMPT_CHECK_S, lambda: self.check_attempts(client), stop),
+                    self._every(CONFIG_CHECK_S, lambda: self.reload_config(client), stop),
                     # job-end webhooks, durable: whatever is due (new, or a retry) goes out
                     self._every(WEBHOOK_CHECK_S, lambda: deliver_due(self.db), stop),
                 ]  # fmt: skip
                 await asyncio.gather(*loops)
         await self.monitor.aclose()
+
+    async def reload_config(self, client: PrefectClient) -> None:
+        """Apply a changed config file (comfyfleet.config_reload); SIGHUP asks for it now."""
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.config.request)
+        if await self.config.check(client, self.db, router=self.router):
+            self._last_refresh = 0.0  # re-read the registry in the next health round
 
     async def _every(self, interval: float, work: Any, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -568,6 +580,7 @@ class FleetService:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from comfyfleet.logs import configure_logging
+
+    configure_logging()
     asyncio.run(FleetService().run())

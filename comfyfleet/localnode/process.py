@@ -125,6 +125,11 @@ class LocalComfyUI:
     def input_dir(self) -> Path:
         return self.workdir / "input"
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process has ended (None while it runs or before a start)."""
+        return self._proc.poll() if self._proc is not None else None
+
     def is_running(self) -> bool:
         """True while the process exists and has not exited."""
         return self._proc is not None and self._proc.poll() is None

@@ -1,0 +1,289 @@
+"""Config reload: changes to nodes, capacities and the routing strategy apply without a restart.
+
+The fleet service holds a `ConfigWatcher`. It looks at the config file's modification time every
+`CHECK_S` (and at once on SIGHUP, which `comfyfleet config reload` sends). A changed file is read
+again; a file that does not validate is reported (with each error's location) and changes
+nothing. Otherwise the difference to the config applied last is applied:
+
+- a node added, or one whose URL, capacity, capabilities, weight, priority or metadata changed:
+  its block, pool (concurrency limit = capacity), queues and deployments (deployments.apply_node);
+- a node now `enabled: false`: disabled as by `comfyfleet nodes disable` (pool paused, attempts
+  that have not started move to other nodes; running ones finish); `enabled: true` again: enabled;
+- a node gone from the file: drained and removed; while jobs still run there it stays disabled
+  and the removal is tried again at each check;
+- `routing.strategy`: the router switches at once (the next dispatch uses it).
+
+Only nodes the file lists are touched: nodes added at run time (`comfyfleet nodes add`, REST,
+join) are not the file's to remove.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from comfyfleet.settings import NodeConfig, Settings, config_path
+
+logger = logging.getLogger(__name__)
+
+CHECK_S = 2.0
+ACTOR = "config-reload"
+
+
+@dataclass
+class NodeChanges:
+    added: list[NodeConfig] = field(default_factory=list)
+    changed: list[NodeConfig] = field(default_factory=list)
+    disabled: list[str] = field(default_factory=list)
+    enabled: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any((self.added, self.changed, self.disabled, self.enabled, self.removed))
+
+
+def diff_nodes(old: Sequence[NodeConfig], new: Sequence[NodeConfig]) -> NodeChanges:
+    """What changed between two node lists (by id)."""
+    before = {n.id: n for n in old}
+    after = {n.id: n for n in new}
+    changes = NodeChanges()
+    for node_id, node in after.items():
+        was = before.get(node_id)
+        if was is None:
+            changes.added.append(node)
+            continue
+        if was.model_dump(exclude={"enabled"}) != node.model_dump(exclude={"enabled"}):
+            changes.changed.append(node)
+        if was.enabled and not node.enabled:
+            changes.disabled.append(node_id)
+        elif node.enabled and not was.enabled:
+            changes.enabled.append(node_id)
+    changes.removed = [node_id for node_id in before if node_id not in after]
+    return changes
+
+
+def format_errors(exc: Exception, path: Path) -> str:
+    """A settings error with the location of each problem (the YAML line where known)."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return f"{path}: {exc}"
+    lines = [f"{path}: invalid configuration"]
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        where = ".".join(loc) or "(top level)"
+        line = yaml_line(path, loc)
+        lines.append(f"  {where}{f' (line {line})' if line else ''}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def yaml_line(path: Path, loc: Sequence[str]) -> int | None:
+    """The 1-based line of `loc` (e.g. ["nodes", "0", "capacity"]) in the YAML file, or of the
+    deepest part of it that exists there; None when the file has none of it."""
+    import yaml
+
+    try:
+        node: Any = yaml.compose(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if str(k.value) == part), None)
+            key = next((k for k, _ in node.value if str(k.value) == part), None)
+            if match is None or key is None:
+                break
+            line, node = key.start_mark.line + 1, match
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def read_settings(path: Path) -> Settings:
+    """Settings with `path` as the YAML file (the environment still wins)."""
+    from pydantic_settings import (
+        BaseSettings,
+        PydanticBaseSettingsSource,
+        YamlConfigSettingsSource,
+    )
+
+    class _FromPath(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            **_: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=path)
+            return (init_settings, env_settings, yaml_source)
+
+    return _FromPath()
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+class ConfigWatcher:
+    """Re-applies the config file when it changes (see the module docstring)."""
+
+    def __init__(self, settings: Settings, *, path: Path | None = None) -> None:
+        self.path = path or config_path()
+        self.applied = settings
+        self._stamp = _stamp(self.path)
+        self._forced = False
+        self.pending_removal: set[str] = set()
+
+    def request(self) -> None:
+        """Read the file at the next check even if it looks unchanged (SIGHUP)."""
+        self._forced = True
+
+    def load(self) -> Settings | None:
+        """The file's settings if it changed (or a reload was requested) and validates."""
+        stamp = _stamp(self.path)
+        if stamp == self._stamp and not self._forced:
+            return None
+        self._stamp, self._forced = stamp, False
+        try:
+            return read_settings(self.path)
+        except Exception as exc:  # ValidationError, YAML syntax, unreadable file
+            logger.error("config not reloaded; the running config stays:\n%s",
+                         format_errors(exc, self.path))  # fmt: skip
+            return None
+
+    async def check(self, client: Any, db: Any, *, router: Any) -> bool:
+        """Apply what changed; True when the node registry changed."""
+        new = self.load()
+        touched = False
+        if new is not None:
+            changes = diff_nodes(self.applied.nodes, new.nodes)
+            if new.routing.strategy != router.strategy:
+                logger.warning("routing strategy %s → %s (config reload)", router.strategy,
+                               new.routing.strategy)  # fmt: skip
+                router.strategy = new.routing.strategy
+            if changes:
+                await apply_changes(client, db, changes)
+                self.pending_removal |= set(changes.removed)
+                self.pending_removal -= {n.id for n in new.nodes}
+                touched = True
+            self.applied = new
+        if self.pending_removal:
+            touched = await self._remove_pending(client, db) or touched
+        return touched
+
+    async def _remove_pending(self, client: Any, db: Any) -> bool:
+        from comfyfleet.fleet.registry import remove_node
+        from comfyfleet.store import Conflict, NotFound
+
+        removed = False
+        for node_id in sorted(self.pending_removal):
+            try:
+                await remove_node(client, node_id, db=db, actor=ACTOR)
+            except Conflict as exc:
+                logger.info("node %s left the config: %s", node_id, exc)
+                continue
+            except NotFound:
+                pass
+            self.pending_removal.discard(node_id)
+            removed = True
+        return removed
+
+
+async def apply_changes(client: Any, db: Any, changes: NodeChanges) -> None:
+    """Apply node changes to the registry (blocks, pools, deployments) and say so."""
+    from blocks import ComfyUINode  # the Prefect layer, loaded only when nodes change
+    from comfyfleet.fleet.registry import set_enabled
+    from comfyfleet.store import NotFound, audit
+    from deployments import apply_node
+
+    if changes.added:
+        await ComfyUINode.aregister_type_and_schema()
+    for node in [*changes.added, *changes.changed]:
+        await apply_node(client, node)
+        action = "node.add" if node in changes.added else "node.update"
+        detail = {"url": node.url, "capacity": node.capacity}
+        await asyncio.to_thread(
+            db.run, lambda s, n=node, a=action, d=detail: audit(
+                s, actor=ACTOR, action=a, target=n.id, detail=d)
+        )  # fmt: skip
+        logger.warning("node %s %s (config reload): %s, capacity %d", node.id,
+                       "added" if node in changes.added else "updated", node.url,
+                       node.capacity)  # fmt: skip
+    for node_id, enabled in [(n, False) for n in changes.disabled] + [
+        (n, True) for n in changes.enabled
+    ]:
+        try:
+            moved = await set_enabled(client, node_id, enabled, db=db, actor=ACTOR)
+        except NotFound:
+            logger.warning("node %s is not in the registry; nothing to %s", node_id,
+                           "enable" if enabled else "disable")  # fmt: skip
+            continue
+        logger.warning("node %s %s (config reload)%s", node_id,
+                       "enabled" if enabled else "disabled",
+                       f"; {moved} waiting job(s) moved" if moved else "")  # fmt: skip
+
+
+# -- `comfyfleet config reload` ------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from comfyfleet.cli import group
+
+    config = group(subparsers, "config", help="the configuration file")
+    parser = config.add_parser(
+        "reload",
+        help="validate the config file and have the running fleet service apply it now",
+        description="Validates the config file, then signals the fleet service on this host "
+        f"(SIGHUP) to apply nodes, capacities and the routing strategy now. It watches the file "
+        f"anyway and applies a change within {CHECK_S:g} s.",
+    )
+    parser.set_defaults(func=cmd_config_reload)
+
+
+def fleet_service_pid(settings: Settings) -> int | None:
+    """The pid of the fleet service that writes the node-state snapshot, if it runs here."""
+    from comfyfleet.fleet.registry import state_path
+
+    try:
+        pid = int(json.loads(state_path(settings).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return pid if b"comfyfleet.fleet" in cmdline else None
+
+
+def cmd_config_reload(args: argparse.Namespace) -> int:
+    from comfyfleet.cli import CliError, load_settings
+
+    settings = load_settings()
+    print(f"config: {config_path()}: valid ({len(settings.nodes)} node(s), "
+          f"routing {settings.routing.strategy})")  # fmt: skip
+    pid = fleet_service_pid(settings)
+    if pid is None:
+        raise CliError(
+            "no fleet service runs on this host (no live pid in the node-state snapshot); "
+            "it applies the file when it starts"
+        )
+    os.kill(pid, signal.SIGHUP)
+    print(f"asked the fleet service (pid {pid}) to apply it; see its log for what changed")
+    return 0
