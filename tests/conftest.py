@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.comfy",
     "tests.fixtures.prefect",
     "tests.fixtures.db",
+    "tests.fixtures.chaos",
     "tests.fixtures.gateway",
 ]

@@ -89,6 +89,7 @@ from comfyfleet.store import (
     cancel_job,
     expire_queued_jobs,
     expired_leases,
+    get_attempt,
     get_job,
     live_attempts_by_node,
     renew_lease,
@@ -433,20 +434,37 @@ class FleetService:
             taken = (now - since).total_seconds() if since is not None else age
             if alive or (alive is None and taken < PRESTART_BUDGET_S):
                 return
+            if not await asyncio.to_thread(self._still_pending, attempt.id):
+                return
             why = (
                 "its worker process is gone" if alive is False
                 else f"its flow run did not start the prompt within {PRESTART_BUDGET_S:g} s"
             )  # fmt: skip
             await self._restart_attempt(client, attempt, why=why, worker_dead=alive is False)
             return
+        if not await asyncio.to_thread(self._still_pending, attempt.id):
+            return  # moved or started meanwhile (the health round runs beside this check)
         message = (run.state.message or "") if run is not None and run.state else ""
-        if kind in (StateType.CANCELLED, StateType.CANCELLING) and not message.startswith(MOVED):
-            await self._cancelled_in_prefect(attempt)
+        if kind in (StateType.CANCELLED, StateType.CANCELLING):
+            if message.startswith(MOVED):  # moved, but the requeue did not happen: do it now
+                await asyncio.to_thread(
+                    self.db.run,
+                    lambda s: requeue_job_after_node_fault(
+                        s, job_id=attempt.job_id, attempt_id=attempt.id,
+                        reason=f"{attempt.node}: {message}",
+                    ),
+                )  # fmt: skip
+            else:
+                await self._cancelled_in_prefect(attempt)
             return
         ended = kind.value.lower() if kind else "missing"
         await self._restart_attempt(
             client, attempt, why=f"its flow run ended {ended}", worker_dead=True
         )
+
+    def _still_pending(self, attempt_id: str) -> bool:
+        attempt = self.db.run(lambda s: get_attempt(s, attempt_id=attempt_id), readonly=True)
+        return attempt is not None and attempt.status == "pending"
 
     async def _restart_attempt(
         self, client: PrefectClient, attempt: Any, *, why: str, worker_dead: bool

@@ -387,6 +387,7 @@ async def test_runs_lost_before_they_started_get_a_new_run_for_the_same_attempt(
     stuck = dispatched_attempt(sqlite_db, "gpu-1")
     crashed = dispatched_attempt(sqlite_db, "gpu-1")
     cancelled = dispatched_attempt(sqlite_db, "gpu-1")
+    moved = dispatched_attempt(sqlite_db, "gpu-1")  # cancelled to move it; requeue not done
     node_out = dispatched_attempt(sqlite_db, "gpu-2")
     gone_pid = 2**22 + 12345  # above pid_max: no such process
     here = __import__("socket").gethostname()
@@ -397,8 +398,10 @@ async def test_runs_lost_before_they_started_get_a_new_run_for_the_same_attempt(
         stuck.id: prefect.run(StateType.PENDING, started_ago=PRESTART_BUDGET_S + 5),
         crashed.id: prefect.run(StateType.CRASHED),
         cancelled.id: prefect.run(StateType.CANCELLED),
+        moved.id: prefect.run(StateType.CANCELLED),
         node_out.id: prefect.run(StateType.CRASHED),
     }
+    prefect.runs[runs[moved.id]].state.message = f"{registry.MOVED}: circuit open"
     prefect.runs[runs[alive.id]].infrastructure_pid = f"{here}:{__import__('os').getpid()}:x"
     prefect.runs[runs[dead.id]].infrastructure_pid = f"{here}:{gone_pid}:x"
     for attempt_id, run_id in runs.items():
@@ -424,6 +427,7 @@ async def test_runs_lost_before_they_started_get_a_new_run_for_the_same_attempt(
         assert status(attempt) == ("dispatched", ["pending"])
     assert status(cancelled) == ("cancelled", ["cancelled"])  # cancelled in Prefect: by a person
     assert status(node_out) == ("queued", ["node_fault"])  # its node is out: another node
+    assert status(moved) == ("queued", ["node_fault"])
     stopped = {run_id: (st, force) for run_id, st, force in prefect.states}
     assert stopped[runs[stuck.id]] == ("CANCELLING", True)  # it may live: told to stop
     assert stopped[runs[dead.id]] == ("CRASHED", True)
