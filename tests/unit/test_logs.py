@@ -53,5 +53,5 @@ def test_levels_come_from_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def test_an_unknown_level_is_refused_with_the_choices() -> None:
-    with pytest.raises(ValidationError, match="unknown log level 'loud'.*DEBUG, INFO"):
+    with pytest.raises(ValidationError, match=r"unknown log level 'loud'.*DEBUG, INFO"):
         Settings(logging={"level": "loud"})
