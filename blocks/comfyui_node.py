@@ -7,7 +7,7 @@ at start (deployments/), and the CLI and REST admin edit them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field
@@ -36,4 +36,9 @@ class ComfyUINode(Block):
     enabled: bool = Field(default=True, description="Disabled nodes get no new jobs.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Free-form facts: gpu model, location, …"
+    )
+    pool_type: Literal["comfyfleet", "docker"] = Field(
+        default="comfyfleet",
+        description="Who runs the node's flows: the in-process ComfyFleet worker, or a Prefect "
+        "Docker worker (one container per flow run).",
     )

@@ -31,6 +31,9 @@ Strategy = Literal[
 ]
 
 
+PoolType = Literal["comfyfleet", "docker"]
+
+
 def config_path() -> Path:
     """The YAML config file in force (it need not exist)."""
     return Path(os.environ.get("COMFYFLEET_CONFIG", REPO_ROOT / "comfyfleet.yaml"))
@@ -54,6 +57,11 @@ class NodeConfig(BaseModel):
     priority: int = 0
     enabled: bool = True
     metadata: dict[str, Any] = Field(default_factory=dict)
+    pool_type: PoolType = Field(
+        default="comfyfleet",
+        description="`comfyfleet`: the in-process worker runs the node's flows; `docker`: a "
+        "Prefect Docker worker runs each flow in a container of `docker.image`.",
+    )
 
 
 class RoutingSettings(BaseModel):
@@ -83,6 +91,34 @@ class PrefectSettings(BaseModel):
         default=None,
         description="Database of the Prefect server ComfyFleet starts: None = SQLite in its home; "
         "postgresql+asyncpg://user:pw@host:5432/db for PostgreSQL (comfyfleet.prefect_server).",
+    )
+
+
+class DockerSettings(BaseModel):
+    """Work pools of type `docker` (nodes with `pool_type: docker`; prefect-docker's worker)."""
+
+    image: str = Field(
+        default="comfyfleet-worker:latest",
+        description="Image with ComfyFleet and its flow code (deployments/Dockerfile).",
+    )
+    code_dir: str = Field(default="/opt/comfyfleet", description="The checkout inside the image.")
+    image_pull_policy: Literal["IfNotPresent", "Always", "IfPossible", "Never"] | None = None
+    networks: list[str] = Field(default_factory=list)
+    network_mode: str | None = Field(default=None, description="e.g. host; not with networks")
+    volumes: list[str] = Field(
+        default_factory=list,
+        description="e.g. /mnt/comfyfleet/outputs:/mnt/comfyfleet/outputs (the shared store)",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment of each flow-run container (merged over the one "
+        "ComfyFleet sets: database URL, store folders, Prefect API URL).",
+    )
+    mem_limit: str | None = None
+    database_url: str | None = Field(
+        default=None,
+        description="The job store as the containers reach it (default: database.url); kept "
+        "in a Prefect Secret block, not in the pool's template.",
     )
 
 
@@ -165,6 +201,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    docker: DockerSettings = Field(default_factory=DockerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     defaults: dict[str, dict[str, Any]] = Field(

@@ -4,6 +4,9 @@ For node `gpu-1`: the block document `comfyui-node/gpu-1`, the work pool `comfyu
 `comfyfleet`, concurrency limit = the node's capacity, the server-side interlock), its queues
 `high`/`normal`/`low` (Prefect queue priorities 1/2/3, for runs started from Prefect directly),
 and a deployment `<flow>/gpu-1` per generation flow, pinned to the node by its `node` parameter.
+
+A node with `pool_type: docker` gets a pool of prefect-docker's type `docker` instead, whose runs
+execute in containers of the ComfyFleet image (deployments/docker_pool.py).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 
 from blocks import ComfyUINode
-from comfyfleet.settings import REPO_ROOT, NodeConfig
+from comfyfleet.settings import REPO_ROOT, NodeConfig, Settings, get_settings
 from comfyfleet.worker import WORKER_TYPE, ComfyFleetWorker, load_flow
+from deployments import docker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -50,30 +54,43 @@ def pool_name(node_id: str) -> str:
 
 
 async def _upsert_pool(
-    client: PrefectClient, name: str, *, limit: int | None, description: str
-) -> None:
+    client: PrefectClient, name: str, *, limit: int | None, description: str,
+    pool_type: str = WORKER_TYPE, template: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
     try:
         await client.create_work_pool(
             WorkPoolCreate(
                 name=name,
-                type=WORKER_TYPE,
-                base_job_template=ComfyFleetWorker.get_default_base_job_template(),
+                type=pool_type,
+                base_job_template=template or ComfyFleetWorker.get_default_base_job_template(),
                 concurrency_limit=limit,
                 description=description,
             )
         )
-        logger.info("created work pool %s (limit %s)", name, limit)
+        logger.info("created work pool %s (type %s, limit %s)", name, pool_type, limit)
     except ObjectAlreadyExists:
-        await client.update_work_pool(
-            name, WorkPoolUpdate(concurrency_limit=limit, description=description)
-        )
+        existing = await client.read_work_pool(name)
+        if existing.type != pool_type:
+            logger.warning(
+                "work pool %s is of type %s, not %s: remove the node and add it again to "
+                "change it", name, existing.type, pool_type,
+            )  # fmt: skip
+        update: dict[str, Any] = {"concurrency_limit": limit, "description": description}
+        if template is not None and existing.type == pool_type:
+            update["base_job_template"] = template  # settings changes reach the next run
+        await client.update_work_pool(name, WorkPoolUpdate(**update))
 
 
-async def _ensure_pool(client: PrefectClient, node: NodeConfig) -> None:
+async def _ensure_pool(client: PrefectClient, node: NodeConfig, settings: Settings) -> None:
     name = pool_name(node.id)
+    template = None
+    if node.pool_type == "docker":
+        await docker_pool.save_database_secret(client, settings)
+        template = docker_pool.base_job_template(settings)
     await _upsert_pool(
-        client, name, limit=node.capacity, description=f"ComfyUI node {node.id} ({node.url})"
-    )
+        client, name, limit=node.capacity, description=f"ComfyUI node {node.id} ({node.url})",
+        pool_type=node.pool_type, template=template,
+    )  # fmt: skip
     existing = {q.name for q in await client.read_work_queues(work_pool_name=name)}
     for queue, priority in QUEUES.items():
         if queue in existing:
@@ -85,8 +102,11 @@ async def _ensure_pool(client: PrefectClient, node: NodeConfig) -> None:
             await client.create_work_queue(name=queue, work_pool_name=name, priority=priority)
 
 
-async def apply_node(client: PrefectClient, node: NodeConfig) -> None:
+async def apply_node(
+    client: PrefectClient, node: NodeConfig, *, settings: Settings | None = None
+) -> None:
     """Block, pool, queues and deployments for one node (create or update)."""
+    settings = settings or get_settings()
     block = ComfyUINode(
         url=node.url,
         capacity=node.capacity,
@@ -95,9 +115,11 @@ async def apply_node(client: PrefectClient, node: NodeConfig) -> None:
         priority=node.priority,
         enabled=node.enabled,
         metadata=node.metadata,
+        pool_type=node.pool_type,
     )
     await block.asave(node.id, overwrite=True)
-    await _ensure_pool(client, node)
+    await _ensure_pool(client, node, settings)
+    docker = docker_pool.deployment_spec(node, settings) if node.pool_type == "docker" else {}
     for gen in GENERATION_FLOWS:
         if gen.capability != "*" and gen.capability not in node.capabilities:
             continue
@@ -106,7 +128,7 @@ async def apply_node(client: PrefectClient, node: NodeConfig) -> None:
             parameters={"node": node.id},
             tags=[f"node:{node.id}"]
             + ([f"capability:{gen.capability}"] if gen.capability != "*" else []),
-            description=f"pinned to node {node.id}",
+            description=f"pinned to node {node.id}", **docker,
         )  # fmt: skip
     logger.info("applied node %s (%s)", node.id, node.url)
 
@@ -114,6 +136,8 @@ async def apply_node(client: PrefectClient, node: NodeConfig) -> None:
 async def _deploy(
     client: PrefectClient, entrypoint: str, *, name: str, pool: str, parameters: dict[str, Any],
     tags: list[str], description: str, schedules: list[Any] | None = None,
+    path: str | None = None, pull_steps: list[dict[str, Any]] | None = None,
+    job_variables: dict[str, Any] | None = None,
 ) -> Any:  # fmt: skip
     flow = load_flow(entrypoint)
     flow_id = await client.create_flow_from_name(flow.name)
@@ -121,7 +145,9 @@ async def _deploy(
         flow_id=flow_id,
         name=name,
         entrypoint=entrypoint,
-        path=str(REPO_ROOT),
+        path=path or str(REPO_ROOT),
+        pull_steps=pull_steps,
+        job_variables=job_variables,
         work_pool_name=pool,
         work_queue_name="normal" if pool != CONTROL_POOL else None,
         parameters=parameters,
@@ -150,16 +176,19 @@ async def apply_control(client: PrefectClient) -> None:
     )  # fmt: skip
 
 
-async def apply_fleet(nodes: list[NodeConfig], *, client: PrefectClient | None = None) -> None:
+async def apply_fleet(
+    nodes: list[NodeConfig], *, client: PrefectClient | None = None,
+    settings: Settings | None = None,
+) -> None:  # fmt: skip
     """Apply every node; register the block type first. Safe to run again and again."""
     await ComfyUINode.aregister_type_and_schema()
     if client is None:
         async with get_client() as own:
-            await apply_fleet(nodes, client=own)
+            await apply_fleet(nodes, client=own, settings=settings)
         return
     await apply_control(client)
     for node in nodes:
-        await apply_node(client, node)
+        await apply_node(client, node, settings=settings)
 
 
 async def remove_node(client: PrefectClient, node_id: str) -> None:
