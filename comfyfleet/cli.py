@@ -32,6 +32,7 @@ AREAS: tuple[str, ...] = (
     "comfyfleet.store_commands",
     "comfyfleet.node_commands",
     "comfyfleet.client_commands",
+    "comfyfleet.join_commands",
     "comfyfleet.config_reload",
 )
 """Modules whose `register(subparsers)` adds subcommands, in help order."""

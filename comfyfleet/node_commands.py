@@ -126,6 +126,15 @@ def _ago(value: Any) -> str:
     return f"{seconds:.0f}s ago" if seconds < 120 else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _joined(metadata: dict[str, Any]) -> str:
+    """How the node came: `token 4 2025-06-01 10:02` (self-join, `comfyfleet node join`) or
+    `-` (an admin or comfyfleet.yaml added it)."""
+    from comfyfleet.join import joined_record
+
+    record = joined_record(metadata)
+    return "-" if record is None else f"token {record.token_id} {record.joined_at:%Y-%m-%d %H:%M}"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     nodes = _run(_nodes)
     if args.json:
@@ -137,11 +146,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = [
         [n.id, n.url, n.state, n.circuit, f"{n.in_flight}/{n.capacity}",
          "-" if n.queue_depth is None else n.queue_depth, n.last_checkpoint or "-",
-         _ago(n.last_seen), (n.last_error or "")[:60]]
+         _ago(n.last_seen), _joined(n.metadata), (n.last_error or "")[:60]]
         for n in nodes
     ]  # fmt: skip
     headers = ["NODE", "URL", "STATE", "CIRCUIT", "IN FLIGHT", "QUEUE", "CHECKPOINT",
-               "LAST SEEN", "LAST ERROR"]  # fmt: skip
+               "LAST SEEN", "JOINED", "LAST ERROR"]  # fmt: skip
     print_table(headers, rows)
     if any(n.stale for n in nodes) or not any(n.updated_at for n in nodes):
         print("(no fresh state: is the fleet service running?)")

@@ -21,6 +21,7 @@ from comfyfleet.store import (
     list_users,
     priority_name,
 )
+from gradio_app.join_ui import build_join_tokens
 from gradio_app.runner import Runner
 
 NODE_COLUMNS = [
@@ -199,6 +200,8 @@ def build_admin(runner: Runner) -> tuple[Any, Any]:
             new_capacity = gr.Number(label="Capacity", value=2, precision=0)
             gr.Button("Add node").click(add, [new_id, new_url, new_capacity], [table])
         refresh.click(nodes, None, [table])
+    with gr.Tab("Join tokens"):
+        build_join_tokens(runner)
     with gr.Tab("Backlog"):
         backlog_button = gr.Button("Refresh backlog")
         backlog_table = gr.Dataframe(

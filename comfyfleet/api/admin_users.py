@@ -153,7 +153,9 @@ def create_join_token(body: JoinTokenRequest, db: DbDep, admin: AdminUser) -> Jo
         issued = identity.issue_join_token(
             session, created_by=actor, ttl_minutes=body.ttl_minutes, note=body.note, actor=actor
         )
-        return JoinTokenOut(token=issued.token, expires_at=issued.expires_at)
+        return JoinTokenOut(
+            token=issued.token, id=issued.id, note=body.note, expires_at=issued.expires_at
+        )
 
     return db.run(run)
 

@@ -29,6 +29,7 @@ from comfyfleet.api import (
     files,
     generate,
     health,
+    join,
     tasks,
 )
 from comfyfleet.api.deps import Gateway
@@ -64,6 +65,7 @@ ROUTERS = (
     files.router,
     admin.router,
     admin_users.router,
+    join.router,
     health.router,
 )
 """Every router of the gateway, in inclusion order (tests walk them route by route)."""

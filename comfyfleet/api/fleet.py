@@ -15,8 +15,9 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from comfyfleet.join import RECORD_KEY, joined_record
 from comfyfleet.metrics import NodeMetrics
 from comfyfleet.settings import NodeConfig, Settings
 from comfyfleet.store import Database, NotFound, live_attempts_by_node
@@ -25,6 +26,17 @@ from comfyfleet.store.types import utcnow
 
 NodeState = Literal["up", "down", "draining", "disabled", "unknown"]
 Circuit = Literal["closed", "open", "half_open", "quarantined"]
+
+
+class JoinedInfo(BaseModel):
+    """How a node joined the fleet by itself (`comfyfleet node join`)."""
+
+    via: str = Field(description="`join-token`.")
+    token_id: int = Field(description="The join token it used (last join).")
+    token_note: str = ""
+    joined_at: datetime = Field(description="First join.")
+    updated_at: datetime = Field(description="Last join (a re-join updates the node).")
+    address: str | None = Field(default=None, description="Where the join request came from.")
 
 
 class NodeInfo(BaseModel):
@@ -52,6 +64,21 @@ class NodeInfo(BaseModel):
     last_checkpoint: str | None = None
     faults_last_hour: int = 0
     stale: bool = False
+    joined: JoinedInfo | None = Field(
+        default=None, description="Set when the node joined by itself; None: an admin added it."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _joined_from_metadata(cls, data: Any) -> Any:
+        if isinstance(data, BaseModel) and not isinstance(data, NodeInfo):
+            data = data.model_dump()  # e.g. comfyfleet.fleet.registry.NodeState
+        if isinstance(data, dict) and data.get("joined") is None:
+            metadata = data.get("metadata") or {}
+            record = joined_record(metadata) if RECORD_KEY in metadata else None
+            if record is not None:
+                data = {**data, "joined": record.model_dump(exclude={"key_sha256"})}
+        return data
 
 
 def node_metrics(node: Any) -> NodeMetrics:
@@ -73,6 +100,7 @@ class FleetAdmin(Protocol):
     async def list_nodes(self) -> list[Any]: ...
     async def get_node(self, node_id: str) -> Any: ...
     async def add_node(self, node: NodeConfig) -> Any: ...
+    async def update_node(self, node: NodeConfig) -> Any: ...
     async def remove_node(self, node_id: str) -> None: ...
     async def set_enabled(self, node_id: str, enabled: bool) -> Any: ...
     async def drain(self, node_id: str) -> Any: ...
@@ -172,6 +200,12 @@ class StaticFleet:
         if node.id in self._nodes:
             raise Conflict(f"node {node.id!r} exists already")
         self._nodes[node.id] = self._info(node)
+        self._probed_at = 0.0
+        return await self.get_node(node.id)
+
+    async def update_node(self, node: NodeConfig) -> NodeInfo:
+        known = self._require(node.id)
+        self._nodes[node.id] = self._info(node).model_copy(update={"draining": known.draining})
         self._probed_at = 0.0
         return await self.get_node(node.id)
 

@@ -336,6 +336,8 @@ class StatsOut(BaseModel):
 
 class JoinTokenOut(BaseModel):
     token: str = Field(description="Shown once.")
+    id: int | None = Field(default=None, description="Revoke it by this id.")
+    note: str = ""
     expires_at: datetime | None = None
 
 

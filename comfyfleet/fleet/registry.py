@@ -14,6 +14,8 @@ functions here edit them for the CLI (`comfyfleet nodes …`) and the REST admin
   service resumes the pool once the node is healthy.
 - `remove_node`: disable, wait until nothing is in flight on the node, then delete its
   deployments, its pool and its block.
+- `update_node`: change a registered node in place (block, pool limit, deployments); a host
+  that joins again (`comfyfleet node join`, comfyfleet.join) updates its node this way.
 
 Node state. The fleet service (the one process that probes) writes a snapshot of every node
 after each probe round to one JSON file, `state_path(settings)`: beside the SQLite database
@@ -247,6 +249,29 @@ async def add_node(client: Any, node: NodeConfig, *, db: Database, actor: Any = 
         s, actor=actor, action="node.add", target=node.id, detail={"url": node.url}))  # fmt: skip
 
 
+async def update_node(client: Any, node: NodeConfig, *, db: Database, actor: Any = None) -> None:
+    """Change a registered node (NotFound if it is not): its block, its pool's limit, and its
+    deployments (those of capabilities it no longer has are deleted)."""
+    from prefect.exceptions import ObjectNotFound
+
+    from deployments import GENERATION_FLOWS, apply_node
+
+    await _block(client, node.id)
+    await apply_node(client, node)
+    for gen in GENERATION_FLOWS:
+        if gen.capability == "*" or gen.capability in node.capabilities:
+            continue
+        with contextlib.suppress(ObjectNotFound):
+            dep = await client.read_deployment_by_name(f"{gen.name}/{node.id}")
+            await client.delete_deployment(dep.id)
+    await asyncio.to_thread(
+        db.run,
+        lambda s: audit(
+            s, actor=actor, action="node.update", target=node.id, detail={"url": node.url}
+        ),
+    )
+
+
 async def set_pool_paused(client: Any, node_id: str, paused: bool) -> bool:
     """Pause or resume the node's pool (False: no such pool)."""
     from prefect.client.schemas.actions import WorkPoolUpdate
@@ -432,6 +457,13 @@ class RegistryFleet:
 
         async with get_client() as client:
             await add_node(client, node, db=self.db, actor=self.actor)
+        return await self.get_node(node.id)
+
+    async def update_node(self, node: NodeConfig) -> NodeState:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            await update_node(client, node, db=self.db, actor=self.actor)
         return await self.get_node(node.id)
 
     async def remove_node(self, node_id: str) -> None:
