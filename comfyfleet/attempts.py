@@ -119,16 +119,21 @@ def progress(db: Database, info: AttemptInfo, value: int, maximum: int) -> None:
 def completed(
     db: Database, info: AttemptInfo, outputs: list[OutputRecord], gpu_seconds: float
 ) -> bool:
+    """The job completes with these outputs if this attempt is still its live one; False (and
+    nothing recorded) when the fleet service ended the attempt meanwhile."""
+
     def write(session: Any) -> bool:
+        if not complete_job(
+            session, job_id=info.job_id, attempt_id=info.attempt_id, gpu_seconds=gpu_seconds
+        ):
+            return False
         for out in outputs:
             record_output(
                 session, job_id=info.job_id, attempt_id=info.attempt_id, name=out.name,
                 path=out.path, sha256=out.sha256, size=out.size, content_type=out.content_type,
                 node=out.node, prompt_id=out.prompt_id, comfy_node_id=out.comfy_node_id,
             )  # fmt: skip
-        return complete_job(
-            session, job_id=info.job_id, attempt_id=info.attempt_id, gpu_seconds=gpu_seconds
-        )
+        return True
 
     return db.run(write)
 

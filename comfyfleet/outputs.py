@@ -1,7 +1,8 @@
 """The output store: files a job produced, with where they came from.
 
-Layout: `<store.outputs_dir>/<job id>/<file name>`. Every file is recorded with its sha256, size,
-content type, the node that made it and the ComfyUI prompt id.
+Layout: `<store.outputs_dir>/<job id>/<attempt id>/<file name>` (one folder per attempt, so a
+superseded attempt never overwrites the files of the one that completed the job). Every file is
+recorded with its sha256, size, content type, the node that made it and the ComfyUI prompt id.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,7 +31,13 @@ from prefect.states import Cancelling
 from blocks import ComfyUINode
 from comfyfleet import attempts
 from comfyfleet.catalog import Catalog, RenderedPrompt, Workflow
-from comfyfleet.comfyui import ComfyUIClient, Progress, is_node_fault, retry_if_transient
+from comfyfleet.comfyui import (
+    ComfyUIClient,
+    NodeUnavailable,
+    Progress,
+    is_node_fault,
+    retry_if_transient,
+)
 from comfyfleet.inputs import REF_PREFIX, InputStore, sync_input
 from comfyfleet.outputs import OutputRecord, store_output
 from comfyfleet.settings import get_settings
@@ -65,10 +72,14 @@ def load_workflow(workflow: str) -> Workflow:
 
 @task(name="resolve-node")
 async def resolve_node(node: str) -> ComfyUINode:
-    """The node's registry entry (its ComfyUINode block)."""
+    """The node's registry entry (its ComfyUINode block).
+
+    A node disabled after the dispatcher chose it is unavailable, not broken: the attempt ends
+    as a node fault, so the job goes back to the backlog for another node instead of failing.
+    """
     block = await ComfyUINode.aload(node)
     if not block.enabled:
-        raise RuntimeError(f"node {node} is disabled")
+        raise NodeUnavailable(f"node {node} was disabled before the prompt was submitted")
     return block
 
 
@@ -181,12 +192,21 @@ async def _stop_prompt(client: ComfyUIClient, prompt_id: str) -> None:
         get_run_logger().warning("could not stop prompt %s: %s", prompt_id, exc)
 
 
+def attempt_dir(job_id: str, attempt_id: str) -> Path:
+    return Path(get_settings().store.outputs_dir) / job_id / attempt_id
+
+
 @task(name="collect-outputs", **_RETRY)
 async def collect_outputs(
     url: str, prompt_id: str, job_id: str, node: str, output_nodes: list[str]
 ) -> list[OutputRecord]:
-    """Download the job's output files from the node into the output store."""
-    out_dir = Path(get_settings().store.outputs_dir) / job_id
+    """Download the attempt's output files from the node into the output store.
+
+    Each attempt has its own folder (`<job>/<prompt id = attempt id>/`): two attempts of a job
+    on two nodes name their files alike (each node counts from 00001), and a superseded attempt
+    finishing late must not overwrite the files of the one that completed the job.
+    """
+    out_dir = attempt_dir(job_id, prompt_id)
     records: list[OutputRecord] = []
     async with ComfyUIClient(url) as client:
         for ref in await client.outputs(prompt_id):
@@ -268,7 +288,12 @@ async def generate(
         await sync_inputs(target.url, info.workflow, info.params)
         rendered = render(info.workflow, info.params, info.job_id)
         await submit(target.url, rendered.graph, info.attempt_id)
-        await asyncio.to_thread(attempts.started, db, info)
+        if not await asyncio.to_thread(attempts.started, db, info):
+            # Ended while it was being submitted (moved off a failing node, cancelled, or
+            # re-attempted elsewhere): this prompt must not run as well.
+            async with ComfyUIClient(target.url) as client:
+                await _stop_prompt(client, info.attempt_id)
+            return _superseded(info, "the attempt was ended before its prompt started")
         async with _lease(db, info):
             seconds = await follow(target.url, info)
             outputs = await collect_outputs(
@@ -280,7 +305,9 @@ async def generate(
                 await publish(info.job_id, info.node, info.workflow, rendered.params, outputs)
             except Exception as exc:  # an artifact is for people; the job's result stands
                 get_run_logger().warning("could not publish the output artifact: %s", exc)
-        await asyncio.to_thread(attempts.completed, db, info, outputs, seconds)
+        if not await asyncio.to_thread(attempts.completed, db, info, outputs, seconds):
+            shutil.rmtree(attempt_dir(info.job_id, info.attempt_id), ignore_errors=True)
+            return _superseded(info, "the job's live attempt is another one; outputs discarded")
     except asyncio.CancelledError:
         if await asyncio.to_thread(attempts.cancel_requested, db, info):
             await asyncio.shield(asyncio.to_thread(attempts.cancelled, db, info))
@@ -302,6 +329,12 @@ async def generate(
         "gpu_seconds": seconds,
         "outputs": [o.model_dump() for o in outputs],
     }
+
+
+def _superseded(info: attempts.AttemptInfo, why: str) -> dict[str, Any]:
+    get_run_logger().warning("attempt %s of job %s on %s superseded: %s",
+                             info.attempt_id, info.job_id, info.node, why)  # fmt: skip
+    return {"job_id": info.job_id, "attempt_id": info.attempt_id, "superseded": why}
 
 
 async def run_job(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from prefect.client.orchestration import PrefectClient
+from prefect.exceptions import ObjectNotFound
 
 from comfyfleet.catalog import Catalog, CatalogError
 from comfyfleet.fleet.monitor import Monitor
@@ -29,6 +30,7 @@ from comfyfleet.store import (
     fail_job,
     list_attempts,
     live_attempts_by_node,
+    requeue_job_after_node_fault,
     set_attempt_flow_run,
 )
 from comfyfleet.store._sql import guarded_job_update
@@ -62,6 +64,7 @@ class Dispatcher:
         self.monitor, self.catalog = monitor, catalog
         self._deployments: dict[tuple[str, str], _Deployment] = {}
         self._owners: dict[str, str] = {}
+        self._checkpoints: dict[str, str | None] = {}
         self.dispatched = 0
 
     def views(self, nodes: Iterable[NodeConfig]) -> list[NodeView]:
@@ -77,6 +80,7 @@ class Dispatcher:
                     queue_depth=health.queue_depth if health else 0,
                     healthy=health.healthy if health else False,
                     models=health.models if health else None,
+                    last_checkpoint=health.last_checkpoint if health else None,
                 )
             )
         return views
@@ -102,8 +106,9 @@ class Dispatcher:
             if await self._start_attempt(job, node):
                 created += 1
                 self.dispatched += 1
-                views = [replace(v, in_flight=v.in_flight + 1) if v.id == node.id else v
-                         for v in views]  # fmt: skip
+                ckpt = self._checkpoints.pop(job.id, None) or node.last_checkpoint
+                views = [replace(v, in_flight=v.in_flight + 1, last_checkpoint=ckpt)
+                         if v.id == node.id else v for v in views]  # fmt: skip
 
     async def _route(self, job: Job, views: list[NodeView]) -> NodeView | None:
         try:
@@ -123,6 +128,7 @@ class Dispatcher:
             checkpoint=ckpts[0] if len(ckpts) == 1 else None, pinned_node=job.pinned_node,
             exclude=frozenset(faulted),
         )  # fmt: skip
+        self._checkpoints[job.id] = view.checkpoint
         node = self.router.choose(view, views)
         if node is None:
             reason = self.router.explain(view, views)
@@ -153,10 +159,21 @@ class Dispatcher:
             self.db.run, lambda s: create_attempt(s, job_id=job.id, node=node.id)
         )
         owner = self._owners.pop(job.id, str(job.owner_id))
-        run = await self.start_flow_run(
-            job, node=node.id, attempt_id=attempt.id, idempotency_key=attempt.id,
-            tags=[f"user:{owner}", f"priority:{priority_name(job.priority)}"],
-        )  # fmt: skip
+        try:
+            run = await self.start_flow_run(
+                job, node=node.id, attempt_id=attempt.id, idempotency_key=attempt.id,
+                tags=[f"user:{owner}", f"priority:{priority_name(job.priority)}"],
+            )  # fmt: skip
+        except Exception as exc:  # the node's deployments are missing or Prefect refused
+            reason = f"{node.id}: could not create its flow run: {exc}"
+            logger.warning("job %s: %s", job.id, reason)
+            await asyncio.to_thread(
+                self.db.run,
+                lambda s: requeue_job_after_node_fault(
+                    s, job_id=job.id, attempt_id=attempt.id, reason=reason
+                ),
+            )
+            return False
         await asyncio.to_thread(
             self.db.run,
             lambda s: set_attempt_flow_run(s, attempt_id=attempt.id, flow_run_id=str(run.id)),
@@ -171,7 +188,7 @@ class Dispatcher:
         flow = FLOW_FOR_CAPABILITY.get(job.capability, GENERIC_FLOW)
         try:
             dep = await self._deployment(flow, node)
-        except Exception:
+        except ObjectNotFound:
             flow = GENERIC_FLOW
             dep = await self._deployment(flow, node)
         parameters: dict[str, Any] = {
@@ -181,12 +198,17 @@ class Dispatcher:
             parameters["params"] = job.params
         else:
             parameters.update({k: v for k, v in job.params.items() if k in dep.params})
-        return await self.client.create_flow_run_from_deployment(
-            dep.id,
-            parameters=parameters,
-            tags=[f"job:{job.id}", f"node:{node}", f"workflow:{job.workflow}", *tags],
-            idempotency_key=idempotency_key,
-        )
+        tags = [f"job:{job.id}", f"node:{node}", f"workflow:{job.workflow}", *tags]
+        try:
+            return await self.client.create_flow_run_from_deployment(
+                dep.id, parameters=parameters, tags=tags, idempotency_key=idempotency_key
+            )
+        except ObjectNotFound:  # the node was removed and added again: its deployments are new
+            self._deployments.pop((flow, node), None)
+            dep = await self._deployment(flow, node)
+            return await self.client.create_flow_run_from_deployment(
+                dep.id, parameters=parameters, tags=tags, idempotency_key=idempotency_key
+            )
 
 
 def _facts(session: Any, job: Job) -> tuple[set[str], str]:

@@ -252,11 +252,19 @@ def complete_job(
 ) -> bool:
     """`dispatched|running` → `completed`; the attempt (default: the live one) completes too.
 
+    With `attempt_id`, only while that attempt is the job's live one: an attempt the fleet
+    service already ended (lease expired, node fault, moved) cannot complete the job, even if
+    its prompt finished after all — the job's live attempt does. The attempt row is updated
+    first, in the same order as `requeue_job_after_node_fault`, so the two serialise on it.
     Outputs recorded by other attempts of the job are dropped from the record (their files are
     the output store's to clean up): exactly one attempt's outputs are kept. False if the job
-    was not active (nothing changes).
+    (or the attempt) was not live (the job does not change).
     """
     now = now or utcnow()
+    if attempt_id is not None and not finish_attempt(
+        session, attempt_id=attempt_id, status="completed", gpu_seconds=gpu_seconds, now=now
+    ):
+        return False
     done = guarded_job_update(
         session,
         job_id,
@@ -266,9 +274,10 @@ def complete_job(
         progress_value=Job.progress_max,
     )
     if not done:
-        return False
-    _finish_live_attempt(session, job_id, attempt_id, "completed", None, gpu_seconds, now)
-    if attempt_id is not None:
+        return False  # a live attempt of an ended job: cancel_job ends both together, so rare
+    if attempt_id is None:
+        _finish_live_attempt(session, job_id, None, "completed", None, gpu_seconds, now)
+    else:
         session.execute(
             Output.__table__.delete().where(
                 Output.job_id == job_id,

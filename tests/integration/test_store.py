@@ -125,6 +125,41 @@ def test_job_lifecycle_to_completed_with_outputs(db: Database) -> None:
     assert view["attempts"][0]["id"] == attempt_id
 
 
+def test_an_attempt_ended_by_the_fleet_cannot_complete_the_job(db: Database) -> None:
+    """Lease expired → node fault → a new attempt; the first prompt then finishes after all.
+    Its completion is refused and records nothing; the live attempt's completion is the one."""
+    from comfyfleet import attempts
+    from comfyfleet.outputs import OutputRecord
+
+    alice = make_user(db, "alice")
+    job = make_job(db, alice)
+    first = start(db, job.id, node="gpu-1")
+    with db.session() as s:
+        assert store.requeue_job_after_node_fault(
+            s, job_id=job.id, attempt_id=first, reason="gpu-1: lease expired", max_node_faults=3
+        ) == "queued"  # fmt: skip
+    second = start(db, job.id, node="gpu-2")
+
+    def attempt(attempt_id: str, node: str) -> tuple[attempts.AttemptInfo, list[OutputRecord]]:
+        info = attempts.AttemptInfo(job.id, attempt_id, node, "sd15-basic", {})
+        out = OutputRecord(
+            name="img_00001_.png", path=f"{job.id}/{attempt_id}/img_00001_.png",
+            sha256=attempt_id[:2] * 32, size=10, content_type="image/png", node=node,
+            prompt_id=attempt_id, comfy_node_id="9",
+        )  # fmt: skip
+        return info, [out]
+
+    assert not attempts.completed(db, *attempt(first, "gpu-1"), gpu_seconds=3.0)
+    assert status(db, job.id) == "running"
+    assert attempts.completed(db, *attempt(second, "gpu-2"), gpu_seconds=2.0)
+    assert not attempts.completed(db, *attempt(first, "gpu-1"), gpu_seconds=3.0)  # later still
+    with db.session() as s:
+        got = store.get_job(s, job_id=job.id, with_details=True)
+        assert got is not None and got.status == "completed"
+        assert [(o.node, o.prompt_id) for o in got.outputs] == [("gpu-2", second)]
+        assert {a.id: a.status for a in got.attempts} == {first: "node_fault", second: "completed"}
+
+
 def test_progress_never_overwrites_a_terminal_status(db: Database) -> None:
     alice = make_user(db, "alice")
     for end in ("complete", "fail", "cancel"):
