@@ -9,13 +9,15 @@ usual.
 One process per host serves every pool of the nodes that host runs: `ComfyFleetWorker` instances
 (one per pool, as Prefect's `BaseWorker` polls one pool) share one event loop.
 
-Run it with `python -m comfyfleet.worker --pool comfyui-gpu-1 [--pool …]`.
+Run it with `python -m comfyfleet.worker --pool comfyui-gpu-1 [--pool …]`, or with
+`--pools-matching 'comfyui-*'` to serve every node pool, including those added later.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch
 import importlib
 import logging
 import math
@@ -174,7 +176,7 @@ def _spawn(coro: Any) -> None:
     task.add_done_callback(_background.discard)
 
 
-async def _follow_events(workers: list[ComfyFleetWorker]) -> None:
+async def _follow_events(workers: dict[str, ComfyFleetWorker]) -> None:
     """React to Prefect events at once; polling stays as the fallback.
 
     - `prefect.flow-run.Scheduled` in one of our pools → poll that pool now (a 1 s poll alone
@@ -191,7 +193,7 @@ async def _follow_events(workers: list[ComfyFleetWorker]) -> None:
             async with get_events_subscriber(filter=event_filter) as subscriber:
                 async for event in subscriber:
                     pools = {r.id for r in event.related if r.role == "work-pool"}
-                    for worker in workers:
+                    for worker in list(workers.values()):
                         pool = worker._work_pool  # set once the worker synced
                         if pool is None or f"prefect.work-pool.{pool.id}" not in pools:
                             continue
@@ -205,7 +207,7 @@ async def _follow_events(workers: list[ComfyFleetWorker]) -> None:
             await asyncio.sleep(5)
 
 
-async def _poll_cancellations(workers: list[ComfyFleetWorker]) -> None:
+async def _poll_cancellations(workers: dict[str, ComfyFleetWorker]) -> None:
     """Fallback for missed events: every few seconds, cancel our running runs now Cancelling."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -218,7 +220,7 @@ async def _poll_cancellations(workers: list[ComfyFleetWorker]) -> None:
 
     while True:
         await asyncio.sleep(_CANCELLATION_POLL_S)
-        running = {run_id: w for w in workers for run_id in w._running}
+        running = {run_id: w for w in list(workers.values()) for run_id in w._running}
         if not running:
             continue
         try:
@@ -238,29 +240,81 @@ async def _poll_cancellations(workers: list[ComfyFleetWorker]) -> None:
             await running[run.id]._cancel_run(run.id)
 
 
-async def serve(pools: list[str], *, name: str | None = None) -> None:
-    """Run one ComfyFleetWorker per pool in this process until cancelled."""
+DISCOVER_EVERY_S = 5.0
+
+
+async def serve(pools: list[str], *, name: str | None = None, matching: str | None = None) -> None:
+    """Run one ComfyFleetWorker per pool in this process until cancelled.
+
+    With `matching` (a glob such as `comfyui-*`), pools of this worker type created later (a node
+    added at run time or joined) are served too, within `DISCOVER_EVERY_S`, and a pool that was
+    deleted (its node removed) stops being served.
+    """
     host = name or socket.gethostname()
-    workers = [
-        ComfyFleetWorker(work_pool_name=pool, name=f"{host}-{pool}", create_pool_if_not_found=False)
-        for pool in pools
-    ]
+    workers: dict[str, ComfyFleetWorker] = {}
+    scopes: dict[str, anyio.CancelScope] = {}
+
+    async def run_worker(pool: str) -> None:
+        worker = workers[pool] = ComfyFleetWorker(
+            work_pool_name=pool, name=f"{host}-{pool}", create_pool_if_not_found=False
+        )
+        with anyio.CancelScope() as scopes[pool]:
+            try:
+                await worker.start()
+            finally:
+                workers.pop(pool, None)
+                scopes.pop(pool, None)
+
     async with anyio.create_task_group() as tg:
-        for worker in workers:
-            tg.start_soon(worker.start)
+        for pool in pools:
+            tg.start_soon(run_worker, pool)
         tg.start_soon(_follow_events, workers)
         tg.start_soon(_poll_cancellations, workers)
+        if matching:
+            tg.start_soon(_discover_pools, matching, set(pools), scopes, tg, run_worker)
+
+
+async def _discover_pools(
+    matching: str, fixed: set[str], scopes: dict[str, anyio.CancelScope],
+    tg: anyio.abc.TaskGroup, run_worker: Any,
+) -> None:  # fmt: skip
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterType
+
+    only_ours = WorkPoolFilter(type=WorkPoolFilterType(any_=[WORKER_TYPE]))
+    while True:
+        try:
+            async with get_client() as client:
+                found = {p.name for p in await client.read_work_pools(work_pool_filter=only_ours)}
+        except Exception as exc:
+            logger.warning("could not list work pools: %s", exc)
+        else:
+            wanted = {name for name in found if fnmatch.fnmatchcase(name, matching)} | fixed
+            for pool in sorted(wanted - scopes.keys()):
+                logger.info("serving work pool %s", pool)
+                tg.start_soon(run_worker, pool)
+            for pool in sorted(scopes.keys() - found - fixed):
+                logger.info("work pool %s is gone; no longer serving it", pool)
+                scopes[pool].cancel()
+        await asyncio.sleep(DISCOVER_EVERY_S)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m comfyfleet.worker", description=__doc__)
-    parser.add_argument("--pool", action="append", required=True, help="work pool (repeatable)")
+    parser.add_argument("--pool", action="append", default=[], help="work pool (repeatable)")
+    parser.add_argument(
+        "--pools-matching", metavar="GLOB",
+        help="also serve every pool of this worker type whose name matches, e.g. 'comfyui-*', "
+        "including pools created while it runs",
+    )  # fmt: skip
     parser.add_argument("--name", help="worker name prefix (default: host name)")
     args = parser.parse_args(argv)
+    if not args.pool and not args.pools_matching:
+        parser.error("give at least one --pool or --pools-matching")
     from comfyfleet.logs import configure_logging
 
     configure_logging()
-    asyncio.run(serve(args.pool, name=args.name))
+    asyncio.run(serve(args.pool, name=args.name, matching=args.pools_matching))
 
 
 if __name__ == "__main__":

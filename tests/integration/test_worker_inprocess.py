@@ -77,3 +77,37 @@ async def test_create_to_first_line_latency_is_reported(probe_pool) -> None:
     print(f"create → flow line 1: median {statistics.median(latencies):.2f}s, "
           f"max {max(latencies):.2f}s over {len(latencies)} runs")  # fmt: skip
     assert len(latencies) == 6
+
+
+async def test_a_worker_serving_a_pattern_picks_up_pools_created_later(
+    prefect_fleet, tmp_path
+) -> None:
+    """A node added at run time gets a pool; a worker started with `--pools-matching` serves it
+    without a restart, and stops serving it once the pool is deleted."""
+    from tests.fixtures.prefect import SESSION_DIR, WorkerProcess
+
+    pool = f"test-late-{int(time.time())}"
+    worker = WorkerProcess([], SESSION_DIR / "late-worker.log", matching="test-late-*")
+    worker.start()
+    try:
+        async with get_client() as client:
+            await _upsert_pool(client, pool, limit=2, description="created after the worker")
+            deployment_id = await _deploy(
+                client, "tests/support/probe_flows.py:probe_sleep", name="late", pool=pool,
+                parameters={}, tags=["test"], description="pool discovery probe",
+            )  # fmt: skip
+            run = await client.create_flow_run_from_deployment(
+                deployment_id, parameters={"tag": "late", "out_dir": str(tmp_path), "seconds": 0}
+            )
+        final = await wait_final(run.id, timeout=60)
+        assert final.state.is_completed(), worker.log_tail()
+        assert (tmp_path / "late.json").exists()
+        assert f"serving work pool {pool}" in worker.log_tail(200)
+        async with get_client() as client:
+            await client.delete_work_pool(pool)
+        deadline = time.monotonic() + 20
+        while f"work pool {pool} is gone" not in worker.log_tail(200):
+            assert time.monotonic() < deadline, worker.log_tail()
+            await asyncio.sleep(0.5)
+    finally:
+        worker.stop()
