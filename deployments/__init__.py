@@ -7,7 +7,6 @@ from deployments.fleet import (
     apply_fleet,
     apply_node,
     pool_name,
-    remove_node,
 )
 
 __all__ = [
@@ -17,5 +16,4 @@ __all__ = [
     "apply_fleet",
     "apply_node",
     "pool_name",
-    "remove_node",
 ]

@@ -17,10 +17,11 @@ from typing import Any
 
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.utilities.callables import parameter_schema
 
 from blocks import ComfyUINode
+from comfyfleet.fleet.registry import pool_name
 from comfyfleet.settings import REPO_ROOT, NodeConfig, Settings, get_settings
 from comfyfleet.worker import WORKER_TYPE, ComfyFleetWorker, load_flow
 from deployments import docker_pool
@@ -47,10 +48,6 @@ GENERATION_FLOWS: tuple[GenerationFlow, ...] = (
     GenerationFlow("image-to-video", "flows/image_to_video.py:image_to_video", "image_to_video"),
     GenerationFlow("comfy-workflow", "flows/comfy_workflow.py:comfy_workflow", "*"),
 )
-
-
-def pool_name(node_id: str) -> str:
-    return f"comfyui-{node_id}"
 
 
 async def _upsert_pool(
@@ -189,17 +186,3 @@ async def apply_fleet(
     await apply_control(client)
     for node in nodes:
         await apply_node(client, node, settings=settings)
-
-
-async def remove_node(client: PrefectClient, node_id: str) -> None:
-    """Delete a node's deployments and pool (its block document stays, disabled)."""
-    for gen in GENERATION_FLOWS:
-        try:
-            dep = await client.read_deployment_by_name(f"{gen.name}/{node_id}")
-        except ObjectNotFound:
-            continue
-        await client.delete_deployment(dep.id)
-    try:
-        await client.delete_work_pool(pool_name(node_id))
-    except ObjectNotFound:
-        pass
