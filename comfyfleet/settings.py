@@ -11,6 +11,7 @@ input lives in flow parameters. This module holds only what a process needs to s
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -183,6 +185,18 @@ class EmbeddedSettings(BaseModel):
     smoke_job: bool = True
 
 
+CLIENT_ENV = ("COMFYFLEET_GATEWAY", "COMFYFLEET_TOKEN", "COMFYFLEET_CONFIG")
+"""The CLI's own variables (the gateway URL, a token, the config path): not settings. Without
+this, `COMFYFLEET_GATEWAY=http://…` would be read as the `gateway` section and fail."""
+
+
+class _EnvSource(EnvSettingsSource):
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = super()._load_env_vars()
+        skip = {name.lower() for name in CLIENT_ENV}
+        return {k: v for k, v in env.items() if k.lower() not in skip}
+
+
 class Settings(BaseSettings):
     """Everything a ComfyFleet process reads at start."""
 
@@ -224,7 +238,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config_path())
-        return (init_settings, env_settings, yaml_source)
+        return (init_settings, _EnvSource(settings_cls), yaml_source)
 
     def node(self, node_id: str) -> NodeConfig:
         for node in self.nodes:

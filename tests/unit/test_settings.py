@@ -69,3 +69,15 @@ def test_unknown_node_lookup_names_the_known_ones(config_file: Path) -> None:
     config_file.write_text("nodes: [{id: gpu-1, url: 'http://x:8188'}]\n")
     with pytest.raises(KeyError, match=r"gpu-7.*gpu-1"):
         Settings().node("gpu-7")
+
+
+def test_the_cli_gateway_url_variable_is_not_read_as_the_gateway_section(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from comfyfleet.settings import Settings
+
+    monkeypatch.setenv("COMFYFLEET_CONFIG", str(tmp_path / "none.yaml"))
+    monkeypatch.setenv("COMFYFLEET_GATEWAY", "http://10.0.0.5:8000")
+    monkeypatch.setenv("COMFYFLEET_TOKEN", "cfb_x")
+    monkeypatch.setenv("COMFYFLEET_GATEWAY__PORT", "8123")
+    assert Settings().gateway.port == 8123
