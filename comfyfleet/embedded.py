@@ -10,8 +10,9 @@ fleet service (monitor, dispatcher) and the web process (REST gateway and Gradio
 
 - a child that dies is reported (log line, also in the combined log) and started again with
   backoff (comfyfleet.supervisor);
-- a node pool that appears later (a node added by `comfyfleet nodes add`, the REST admin API or a
-  config reload) gets a worker of its own (`worker-<node>`); it stops when the pool goes away;
+- one worker process serves the control pool and every node pool (`--pools-matching
+  'comfyui-*'`), including pools of nodes added later (`comfyfleet nodes add`, the REST admin
+  API, a config reload, `comfyfleet node join`); a deleted pool stops being served;
 - logs: `<logging.dir>/<component>.log` per component, `fleet.log` for all of them;
 - `<embedded.var_dir>/run/up.pid` and `components.json` (pids, restarts) say what runs.
 
@@ -46,7 +47,6 @@ from comfyfleet.supervisor import Child, Command, Supervisor
 
 logger = logging.getLogger(__name__)
 
-POOL_CHECK_S = 5.0
 READY_TIMEOUT_S = 180.0
 
 
@@ -162,7 +162,6 @@ class EmbeddedFleet:
         )  # fmt: skip
         self.admin_password: str | None = None
         self.admin_created = False
-        self._last_pool_check = 0.0
 
     @property
     def web_url(self) -> str:
@@ -280,18 +279,14 @@ class EmbeddedFleet:
         for node in self.settings.nodes:
             logger.info("node %s → pool comfyui-%s, deployments */%s", node.id, node.id, node.id)
 
-    def _worker(self, name: str, pools: list[str]) -> Command:
-        argv = [sys.executable, "-m", "comfyfleet.worker"]
-        for pool in pools:
-            argv += ["--pool", pool]
-        return Command(name, argv, log_path=self.logs / f"{name}.log", cwd=REPO_ROOT)
-
     def _start_children(self) -> None:
+        from comfyfleet.fleet.registry import POOL_PREFIX
         from deployments import CONTROL_POOL
 
-        self.served = set(self._node_pools())
-        self._supervise(self._worker("worker", [CONTROL_POOL, *sorted(self.served)]))
+        worker = [sys.executable, "-m", "comfyfleet.worker", "--pool", CONTROL_POOL,
+                  "--pools-matching", f"{POOL_PREFIX}*"]  # fmt: skip
         for name, argv in (
+            ("worker", worker),
             ("fleet-service", [sys.executable, "-m", "comfyfleet.fleet"]),
             ("web", [sys.executable, "-m", "gradio_app"]),
         ):
@@ -299,46 +294,8 @@ class EmbeddedFleet:
 
     # -- run -----------------------------------------------------------------------------------
 
-    def _node_pools(self) -> list[str]:
-        """The node pools Prefect has now (`comfyui-*`)."""
-        from prefect.client.orchestration import get_client
-
-        from comfyfleet.fleet.registry import POOL_PREFIX
-
-        async def read() -> list[str]:
-            async with get_client() as client:
-                return [p.name for p in await client.read_work_pools()]
-
-        return sorted(n for n in asyncio.run(read()) if n.startswith(POOL_PREFIX))
-
-    def follow_pools(self) -> None:
-        """A worker for every node pool that appeared since the start; stop the ones whose
-        pool is gone."""
-        from comfyfleet.fleet.registry import POOL_PREFIX
-
-        if time.monotonic() - self._last_pool_check < POOL_CHECK_S:
-            return
-        self._last_pool_check = time.monotonic()
-        try:
-            pools = set(self._node_pools())
-        except Exception as exc:  # the Prefect server restarting, say: next time
-            logger.debug("reading the pools failed: %s", exc)
-            return
-        for pool in sorted(pools - self.served):
-            name = f"worker-{pool.removeprefix(POOL_PREFIX)}"
-            if name not in self.supervisor:
-                logger.info("new pool %s: starting %s", pool, name)
-                self._supervise(self._worker(name, [pool]))
-                self.write_state()
-        for name in self.supervisor.names():
-            if name.startswith("worker-") and f"{POOL_PREFIX}{name[7:]}" not in pools:
-                logger.info("pool %s is gone: stopping %s", f"{POOL_PREFIX}{name[7:]}", name)
-                self.supervisor.stop(name)
-                self.write_state()
-
     def check(self) -> None:
         self.supervisor.check()
-        self.follow_pools()
 
     def write_state(self) -> None:
         path = components_file(self.settings)
