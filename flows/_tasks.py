@@ -1,5 +1,10 @@
 """The tasks every generation flow is made of; each does one unit of I/O against one node.
 
+Task runs: `sync-inputs` (only when the job has input images), `submit`, `follow`,
+`collect-outputs`. Looking up the node, rendering the graph and publishing the result artifact
+are plain calls inside the flow run: a task run costs the Prefect server CPU for its states and
+events on every attempt, and these steps have nothing to retry.
+
 Retries are task-level and only for transient faults (node unreachable, timeouts, 5xx): a prompt
 ComfyUI rejects, or a node that raises while executing, fails the run at once with the node's
 message. Resubmitting is safe: the prompt id is the attempt id, and a retried submit first asks
@@ -62,15 +67,37 @@ def run_name(prefix: str) -> Any:
     return name
 
 
+_catalog: tuple[tuple[Any, ...], Catalog] | None = None
+
+
+def _sources_signature(sources: list[Path]) -> tuple[Any, ...]:
+    """What the catalog was read from, as (path, mtime, size) of every file: cheap to compute."""
+    seen = []
+    for source in sources:
+        paths = sorted(Path(source).rglob("*")) if Path(source).is_dir() else [Path(source)]
+        for path in paths:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            seen.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(seen)
+
+
 def load_workflow(workflow: str) -> Workflow:
+    """The workflow from the catalog, read once per process and again when a file changes
+    (reading every contract costs ~20 ms: too much to do for every attempt)."""
+    global _catalog
     settings = get_settings()
-    catalog = Catalog.load(
-        settings.workflow_dirs, fleet_defaults=settings.defaults, model_map=settings.models
-    )
-    return catalog.get(workflow)
+    signature = _sources_signature([Path(p) for p in settings.workflow_dirs])
+    if _catalog is None or _catalog[0] != signature:
+        catalog = Catalog.load(
+            settings.workflow_dirs, fleet_defaults=settings.defaults, model_map=settings.models
+        )
+        _catalog = (signature, catalog)
+    return _catalog[1].get(workflow)
 
 
-@task(name="resolve-node")
 async def resolve_node(node: str) -> ComfyUINode:
     """The node's registry entry (its ComfyUINode block).
 
@@ -107,7 +134,6 @@ async def sync_inputs(url: str, workflow: str, params: dict[str, Any]) -> None:
                 await sync_input(client, store.resolve(value))
 
 
-@task(name="render")
 def render(workflow: str, request: dict[str, Any], job_id: str) -> RenderedPrompt:
     """Validate the parameters against the workflow contract and build the ComfyUI graph."""
     return load_workflow(workflow).render(request, filename_prefix=f"comfyfleet/{job_id}")
@@ -219,7 +245,6 @@ async def collect_outputs(
     return records
 
 
-@task(name="publish")
 async def publish(
     job_id: str, node: str, workflow: str, params: dict[str, Any], outputs: list[OutputRecord]
 ) -> None:
@@ -285,7 +310,8 @@ async def generate(
         return {"job_id": info.job_id, "attempt_id": info.attempt_id, "cancelled": True}
     try:
         target = await resolve_node(info.node)
-        await sync_inputs(target.url, info.workflow, info.params)
+        if any(isinstance(v, str) and v.startswith(REF_PREFIX) for v in info.params.values()):
+            await sync_inputs(target.url, info.workflow, info.params)
         rendered = render(info.workflow, info.params, info.job_id)
         await submit(target.url, rendered.graph, info.attempt_id)
         if not await asyncio.to_thread(attempts.started, db, info):
