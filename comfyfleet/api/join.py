@@ -29,6 +29,7 @@ from comfyfleet.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from comfyfleet.api.fleet import NodeInfo
 from comfyfleet.api.schemas import Body, Int
 from comfyfleet.join import (
+    NODE_KEY_PREFIX,
     RECORD_KEY,
     JoinRefused,
     NodeUnreachable,
@@ -238,6 +239,8 @@ async def leave_node(
             raise ApiError(403, "forbidden", f"{principal.username} is not an admin")
         actor = principal.username
         node = await gateway.fleet.get_node(node_id)
+    elif not token.startswith(NODE_KEY_PREFIX):
+        raise _refused("that is neither a node key (cfn_…) nor an admin's bearer token (cfb_…)")
     else:
         try:
             node = await gateway.fleet.get_node(node_id)
