@@ -72,62 +72,40 @@ async def _legacy(
     )
 
 
-@router.post(
+def _text_route(path: str, capability: str, doc: str) -> None:
+    """One flat-body text-to-image route of the old service (SD1.5 and SDXL share the body)."""
+
+    async def handler(
+        body: TextToImageRequest,
+        gateway: GatewayDep,
+        principal: CurrentUser,
+        request: Request,
+        response: Response,
+        wait: WaitQuery = False,
+        timeout: TimeoutQuery = 60.0,
+    ) -> SubmittedJob:
+        return await _legacy(
+            capability, body, _flat_params(body), gateway, principal, request, response, wait,
+            timeout,
+        )  # fmt: skip
+
+    handler.__name__ = handler.__qualname__ = capability
+    handler.__doc__ = doc
+    router.post(path, status_code=202, response_model=SubmittedJob, responses=SUBMIT_RESPONSES)(
+        handler
+    )
+
+
+_text_route(
     "/api/v2/tasks/text-to-image",
-    status_code=202,
-    response_model=SubmittedJob,
-    responses=SUBMIT_RESPONSES,
+    "text_to_image",
+    "SD1.5 text to image (default workflow `sd15-basic`); the old service's flat body.",
 )
-async def text_to_image(
-    body: TextToImageRequest,
-    gateway: GatewayDep,
-    principal: CurrentUser,
-    request: Request,
-    response: Response,
-    wait: WaitQuery = False,
-    timeout: TimeoutQuery = 60.0,
-) -> SubmittedJob:
-    """SD1.5 text to image (default workflow `sd15-basic`); the old service's flat body."""
-    return await _legacy(
-        "text_to_image",
-        body,
-        _flat_params(body),
-        gateway,
-        principal,
-        request,
-        response,
-        wait,
-        timeout,
-    )
-
-
-@router.post(
+_text_route(
     "/api/v2/tasks/text-to-image-sdxl",
-    status_code=202,
-    response_model=SubmittedJob,
-    responses=SUBMIT_RESPONSES,
+    "text_to_image_sdxl",
+    "SDXL text to image (default `sdxl-basic`; `workflow_name: sdxl_basic` works too).",
 )
-async def text_to_image_sdxl(
-    body: TextToImageRequest,
-    gateway: GatewayDep,
-    principal: CurrentUser,
-    request: Request,
-    response: Response,
-    wait: WaitQuery = False,
-    timeout: TimeoutQuery = 60.0,
-) -> SubmittedJob:
-    """SDXL text to image (default `sdxl-basic`; `workflow_name: sdxl_basic` works too)."""
-    return await _legacy(
-        "text_to_image_sdxl",
-        body,
-        _flat_params(body),
-        gateway,
-        principal,
-        request,
-        response,
-        wait,
-        timeout,
-    )
 
 
 def _video_params(body: ImageToVideoRequest) -> dict[str, Any]:
