@@ -1,4 +1,5 @@
-"""text-to-image: an SD1.5 text-to-image job on one ComfyUI node.
+"""text-to-image: an SD1.5 text-to-image job on one ComfyUI node (and, with the same
+parameters, text-to-image-sdxl: flows/text_to_image_sdxl.py).
 
 Deployments `text-to-image/<node>` pin the run to a node (their `node` parameter). Parameters are
 flat so the Prefect CLI works as is:
@@ -14,8 +15,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from flows._tasks import run_job, run_name
+
+DEFAULT_WORKFLOW = {"text-to-image": "sd15-basic", "text-to-image-sdxl": "sdxl-basic"}
+"""The workflow a run uses when none is given, by flow name."""
 
 
 @flow(name="text-to-image", flow_run_name=run_name("t2i"))
@@ -32,19 +37,20 @@ async def text_to_image(
     scheduler: str | None = None,
     batch_size: int | None = None,
     checkpoint: str | None = None,
-    workflow: str = "sd15-basic",
+    workflow: str | None = None,
     job_id: str | None = None,
     attempt_id: str | None = None,
     priority: Literal["high", "normal", "low"] = "normal",
 ) -> dict[str, Any]:
-    """Generate images from a text prompt with an SD1.5 workflow on one ComfyUI node."""
+    """Generate images from a text prompt on one ComfyUI node (workflow: sd15-basic unless
+    given; sdxl-basic in text-to-image-sdxl)."""
     request = dict(
         prompt=prompt, negative_prompt=negative_prompt, width=width, height=height, steps=steps,
         cfg=cfg, seed=seed, sampler=sampler, scheduler=scheduler, batch_size=batch_size,
         checkpoint=checkpoint,
     )  # fmt: skip
     return await run_job(
-        workflow=workflow,
+        workflow=workflow or DEFAULT_WORKFLOW[flow_run.flow_name],
         request=request,
         node=node,
         job_id=job_id,
