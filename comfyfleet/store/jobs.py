@@ -299,17 +299,23 @@ def fail_job(
     now: datetime | None = None,
 ) -> bool:
     """Any non-terminal status → `failed` with `error`; the live attempt fails with it."""
+    return _end_job(
+        session, job_id, attempt_id, "failed", error, gpu_seconds, now,
+        status="failed", error=error,
+    )  # fmt: skip
+
+
+def _end_job(
+    session: Session, job_id: str, attempt_id: str | None, attempt_status: str,
+    reason: str | None, gpu_seconds: float | None, now: datetime | None, **values: Any,
+) -> bool:  # fmt: skip
+    """A non-terminal job → a terminal status (`values`), its live attempt → `attempt_status`."""
     now = now or utcnow()
     done = guarded_job_update(
-        session,
-        job_id,
-        ("queued", *ACTIVE_JOB_STATUSES),
-        status="failed",
-        error=error,
-        finished_at=now,
+        session, job_id, ("queued", *ACTIVE_JOB_STATUSES), finished_at=now, **values
     )
     if done:
-        _finish_live_attempt(session, job_id, attempt_id, "failed", error, gpu_seconds, now)
+        _finish_live_attempt(session, job_id, attempt_id, attempt_status, reason, gpu_seconds, now)
         refresh_job(session, job_id)
     return done
 
@@ -337,19 +343,10 @@ def cancel_job(
     now: datetime | None = None,
 ) -> bool:
     """Any non-terminal status → `cancelled`; the live attempt ends `cancelled`."""
-    now = now or utcnow()
-    done = guarded_job_update(
-        session,
-        job_id,
-        ("queued", *ACTIVE_JOB_STATUSES),
-        status="cancelled",
-        finished_at=now,
-        cancel_requested=True,
-    )
-    if done:
-        _finish_live_attempt(session, job_id, None, "cancelled", reason, gpu_seconds, now)
-        refresh_job(session, job_id)
-    return done
+    return _end_job(
+        session, job_id, None, "cancelled", reason, gpu_seconds, now,
+        status="cancelled", cancel_requested=True,
+    )  # fmt: skip
 
 
 def record_output(
