@@ -33,7 +33,7 @@ import httpx
 import yaml
 
 from comfyfleet.localnode import LocalComfyUI, ensure_comfyui_install, free_port
-from comfyfleet.prefect_server import prefect_env
+from comfyfleet.prefect_server import prefect_env, server_database_env
 from comfyfleet.settings import REPO_ROOT, Settings
 
 logger = logging.getLogger(__name__)
@@ -279,11 +279,14 @@ class ControlPlane:
             "COMFYFLEET_CONFIG": str(self.config_path),
             "PYTHONPATH": str(REPO_ROOT),
         }
-        if self._pg_db:
-            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
-                f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self._pg_db}"
-            )
+        # the server's database through the supported switch (`prefect.database_url`)
+        env.update(server_database_env(self.prefect_database_url()))
         return env
+
+    def prefect_database_url(self) -> str | None:
+        if self._pg_db:
+            return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self._pg_db}"
+        return None
 
     def _write_config(self) -> None:
         config = {
@@ -297,7 +300,7 @@ class ControlPlane:
                 "inputs_dir": str(self.root / "inputs"),
             },
             "database": {"url": self.store_url()},
-            "prefect": {"api_url": self.api_url},
+            "prefect": {"api_url": self.api_url, "database_url": self.prefect_database_url()},
             "workflow_dirs": [str(p) for p in WORKFLOW_DIRS],
         }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
