@@ -47,11 +47,19 @@ class WSConnection(Protocol):
 WSConnect = Callable[[str], Awaitable[WSConnection]]
 
 
+PING_INTERVAL_S = 4.0
+PING_TIMEOUT_S = 8.0
+"""A peer gone silently (link cut, host frozen: no FIN, no RST) is noticed within ~12 s, then the
+reconnect budget applies. ComfyUI's server answers pings from its event loop, which sampling
+does not block; 8 s leaves room for a loaded machine."""
+
+
 async def default_ws_connect(url: str) -> WSConnection:
-    """Open a real websocket (``websockets``); pings notice a silently dead peer within ~30 s."""
+    """Open a real websocket (``websockets``) that pings the node (see PING_INTERVAL_S)."""
     return await _websockets_connect(
-        url, open_timeout=None, ping_interval=10, ping_timeout=20, close_timeout=2, max_size=2**26
-    )
+        url, open_timeout=None, ping_interval=PING_INTERVAL_S, ping_timeout=PING_TIMEOUT_S,
+        close_timeout=2, max_size=2**26,
+    )  # fmt: skip
 
 
 def _is_closed(exc: BaseException) -> bool:
