@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comfyfleet.settings import NodeConfig, Settings, config_path
+from comfyfleet.settings import NodeConfig, Settings, config_path, read_settings
 
 logger = logging.getLogger(__name__)
 
@@ -108,29 +108,6 @@ def yaml_line(path: Path, loc: Sequence[str]) -> int | None:
         else:
             break
     return line
-
-
-def read_settings(path: Path) -> Settings:
-    """Settings with `path` as the YAML file (the environment still wins)."""
-    from pydantic_settings import (
-        BaseSettings,
-        PydanticBaseSettingsSource,
-        YamlConfigSettingsSource,
-    )
-
-    class _FromPath(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            **_: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=path)
-            return (init_settings, env_settings, yaml_source)
-
-    return _FromPath()
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +37,14 @@ Strategy = Literal[
 PoolType = Literal["comfyfleet", "docker"]
 
 
+_config_file: ContextVar[Path | None] = ContextVar("comfyfleet_config_file", default=None)
+
+
 def config_path() -> Path:
     """The YAML config file in force (it need not exist)."""
+    chosen = _config_file.get()
+    if chosen is not None:
+        return chosen
     return Path(os.environ.get("COMFYFLEET_CONFIG", REPO_ROOT / "comfyfleet.yaml"))
 
 
@@ -246,6 +253,16 @@ class Settings(BaseSettings):
                 return node
         known = ", ".join(n.id for n in self.nodes) or "none"
         raise KeyError(f"unknown node {node_id!r} (configured: {known})")
+
+
+def read_settings(path: Path) -> Settings:
+    """Settings with `path` as the YAML file (the environment still wins), e.g. to validate or
+    reload a file other than the one in force."""
+    token = _config_file.set(Path(path))
+    try:
+        return Settings()
+    finally:
+        _config_file.reset(token)
 
 
 @lru_cache(maxsize=1)
