@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from fnmatch import fnmatch
 from pathlib import Path
@@ -52,6 +53,8 @@ async def test_image_to_video_syncs_the_input_once_and_makes_an_animation(
 ) -> None:
     node = comfy_fleet[0]
     still = _still(tmp_path, (200, 40, 40))
+    inputs = node.process.input_dir / NODE_SUBFOLDER
+    before = set(inputs.iterdir()) if inputs.exists() else set()  # other tests' inputs
     runs = []
     for seed in (1, 2):
         run = await start(f"image-to-video/{node.id}", {"image": str(still), "seed": seed})
@@ -61,8 +64,9 @@ async def test_image_to_video_syncs_the_input_once_and_makes_an_animation(
         [video] = outputs_of(run.id, "*.webp")
         with Image.open(video) as img:
             assert img.is_animated and img.n_frames == 4
-    synced = list((node.process.input_dir / NODE_SUBFOLDER).iterdir())
-    assert len(synced) == 1, synced  # uploaded once, by content hash
+    synced = set(inputs.iterdir()) - before
+    digest = hashlib.sha256(still.read_bytes()).hexdigest()
+    assert [p.name for p in synced] == [f"{digest}.png"]  # uploaded once, by content hash
 
 
 async def test_generic_flow_runs_a_test_workflow(prefect_fleet, comfy_fleet) -> None:
