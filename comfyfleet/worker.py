@@ -241,6 +241,28 @@ async def _poll_cancellations(workers: dict[str, ComfyFleetWorker]) -> None:
 
 
 DISCOVER_EVERY_S = 5.0
+RESTART_AFTER_S = 5.0
+
+
+async def _pool_exists(pool: str) -> bool | None:
+    """Whether the pool is on the server (None: the server did not say)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        async with get_client() as client:
+            await client.read_work_pool(pool)
+    except ObjectNotFound:
+        return False
+    except Exception:
+        return None
+    return True
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def serve(pools: list[str], *, name: str | None = None, matching: str | None = None) -> None:
@@ -255,15 +277,26 @@ async def serve(pools: list[str], *, name: str | None = None, matching: str | No
     scopes: dict[str, anyio.CancelScope] = {}
 
     async def run_worker(pool: str) -> None:
-        worker = workers[pool] = ComfyFleetWorker(
-            work_pool_name=pool, name=f"{host}-{pool}", create_pool_if_not_found=False
-        )
-        with anyio.CancelScope() as scopes[pool]:
-            try:
-                await worker.start()
-            finally:
-                workers.pop(pool, None)
-                scopes.pop(pool, None)
+        """Serve `pool`; a worker that fails (the server restarting, its pool deleted: Prefect's
+        heartbeat then raises) must not take the other pools down with it."""
+        while True:
+            worker = workers[pool] = ComfyFleetWorker(
+                work_pool_name=pool, name=f"{host}-{pool}", create_pool_if_not_found=False
+            )
+            with anyio.CancelScope() as scopes[pool]:
+                try:
+                    await worker.start()
+                    return
+                except Exception as exc:
+                    if pool not in pools and await _pool_exists(pool) is False:
+                        logger.info("work pool %s is gone; no longer serving it", pool)
+                        return
+                    logger.warning("worker for %s stopped (%s); restarting in %g s",
+                                   pool, _first_error(exc), RESTART_AFTER_S)  # fmt: skip
+                finally:
+                    workers.pop(pool, None)
+                    scopes.pop(pool, None)
+            await asyncio.sleep(RESTART_AFTER_S)
 
     async with anyio.create_task_group() as tg:
         for pool in pools:

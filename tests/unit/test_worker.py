@@ -66,3 +66,40 @@ async def test_two_polls_before_pending_cannot_take_more_runs_than_the_pool_allo
 
 async def _noop() -> None:
     return None
+
+
+async def test_a_failing_pool_worker_restarts_without_taking_the_others_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Prefect's heartbeat raises out of `start()` when a pool is deleted or the server hiccups;
+    one pool's failure must not end the process that serves every pool."""
+    import asyncio
+
+    import comfyfleet.worker as worker_mod
+
+    starts: dict[str, int] = {}
+    good_running = asyncio.Event()
+    bad_recovered = asyncio.Event()
+
+    async def start(self: ComfyFleetWorker) -> None:
+        pool = self._work_pool_name
+        starts[pool] = starts.get(pool, 0) + 1
+        if pool == "bad" and starts[pool] < 3:
+            raise ExceptionGroup("heartbeat", [RuntimeError("404 work pool not found")])
+        (good_running if pool == "good" else bad_recovered).set()
+        await asyncio.Event().wait()
+
+    async def nothing(*args: object) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(ComfyFleetWorker, "start", start)
+    monkeypatch.setattr(worker_mod, "_follow_events", nothing)
+    monkeypatch.setattr(worker_mod, "_poll_cancellations", nothing)
+    monkeypatch.setattr(worker_mod, "RESTART_AFTER_S", 0.01)
+    serving = asyncio.create_task(worker_mod.serve(["good", "bad"], name="t"))
+    try:
+        async with asyncio.timeout(5):
+            await bad_recovered.wait()
+        assert starts == {"good": 1, "bad": 3} and good_running.is_set() and not serving.done()
+    finally:
+        serving.cancel()
