@@ -54,6 +54,9 @@ from comfyfleet.comfyui.results import (
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 16
+HISTORY_SETTLE_TRIES = 20
+HISTORY_SETTLE_S = 0.05
+"""How long a late follower waits for the history entry's messages (up to 1 s, in 50 ms steps)."""
 
 
 def _ws_url(base_url: str, client_id: str) -> str:
@@ -201,16 +204,20 @@ class ComfyUIClient:
         return await self._with_start_time(result)
 
     async def _with_start_time(self, result: PromptResult) -> PromptResult:
-        """A follower that connected after `execution_start` takes the start from the history,
-        so the execution time (GPU-seconds) is known however late it joined."""
+        """A follower that connected after `execution_start` (usual on an idle node: the prompt
+        starts before the follower's socket is up) takes the start from the history, so the
+        execution time (GPU-seconds) is known however late it joined. ComfyUI writes the history
+        entry's messages just after it sends `execution_success`: ask again briefly until then."""
         if result.started_at is not None:
             return result
-        entry = await self.history(result.prompt_id)
-        for message in entry.messages if entry is not None else []:
-            if isinstance(message, ExecutionStart) and message.timestamp:
-                return result.model_copy(
-                    update={"started_at": timestamp_to_datetime(message.timestamp)}
-                )
+        for _ in range(HISTORY_SETTLE_TRIES):
+            entry = await self.history(result.prompt_id)
+            for message in entry.messages if entry is not None else []:
+                if isinstance(message, ExecutionStart) and message.timestamp:
+                    return result.model_copy(
+                        update={"started_at": timestamp_to_datetime(message.timestamp)}
+                    )
+            await asyncio.sleep(HISTORY_SETTLE_S)
         return result
 
     async def run(

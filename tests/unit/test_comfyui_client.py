@@ -827,3 +827,26 @@ async def test_a_follower_that_joined_after_execution_start_takes_the_start_from
         result = await comfy.wait(rec.PROMPT_ID)
     assert result.started_at is not None
     assert result.duration_s == pytest.approx(0.64)
+
+
+async def test_a_late_follower_waits_for_the_history_messages_written_after_success() -> None:
+    """ComfyUI sends execution_success before it writes the history entry's status messages: the
+    first reads after the end have no execution_start yet; the follower asks again."""
+    import copy
+
+    node = FakeNode()
+    node.queue["queue_running"].append(rec.queue_item(20, rec.PROMPT_ID))
+    late = [f for f in rec.success() if f["type"] not in ("execution_start", "status")]
+    connector = FakeConnector([rec.greeting(), *late])
+    entry = rec.history_entry()
+    unsettled = copy.deepcopy(entry)
+    unsettled[rec.PROMPT_ID].pop("status", None)
+    answers = [{}, unsettled, unsettled, entry]
+
+    def history(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers.pop(0) if len(answers) > 1 else answers[0])
+
+    node.routes[("GET", f"/history/{rec.PROMPT_ID}")] = history
+    async with make_client(node, connector) as comfy:
+        result = await comfy.wait(rec.PROMPT_ID)
+    assert result.duration_s == pytest.approx(0.64)
