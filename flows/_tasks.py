@@ -35,7 +35,7 @@ from prefect.states import Cancelling
 
 from blocks import ComfyUINode
 from comfyfleet import attempts
-from comfyfleet.catalog import Catalog, RenderedPrompt, Workflow
+from comfyfleet.catalog import Catalog, Workflow
 from comfyfleet.comfyui import (
     ComfyUIClient,
     NodeUnavailable,
@@ -44,6 +44,7 @@ from comfyfleet.comfyui import (
     retry_if_transient,
 )
 from comfyfleet.inputs import REF_PREFIX, InputStore, sync_input
+from comfyfleet.jobs import load_catalog
 from comfyfleet.outputs import OutputRecord, store_output
 from comfyfleet.settings import get_settings
 from flows._routing import route
@@ -91,10 +92,7 @@ def load_workflow(workflow: str) -> Workflow:
     settings = get_settings()
     signature = _sources_signature([Path(p) for p in settings.workflow_dirs])
     if _catalog is None or _catalog[0] != signature:
-        catalog = Catalog.load(
-            settings.workflow_dirs, fleet_defaults=settings.defaults, model_map=settings.models
-        )
-        _catalog = (signature, catalog)
+        _catalog = (signature, load_catalog(settings))
     return _catalog[1].get(workflow)
 
 
@@ -122,21 +120,19 @@ def store_inputs(workflow: Workflow, request: dict[str, Any]) -> dict[str, Any]:
     return stored
 
 
+def input_refs(workflow: Workflow, params: dict[str, Any]) -> list[str]:
+    """The job's input images, as input store refs (`comfyfleet/<sha256>.<ext>`)."""
+    refs = [params.get(name) for name, spec in workflow.parameters.items() if spec.type == "image"]
+    return [ref for ref in refs if isinstance(ref, str) and ref.startswith(REF_PREFIX)]
+
+
 @task(name="sync-inputs", **_RETRY)
-async def sync_inputs(url: str, workflow: str, params: dict[str, Any]) -> None:
+async def sync_inputs(url: str, refs: list[str]) -> None:
     """Upload the job's input images that the node lacks (by content hash)."""
-    wf = load_workflow(workflow)
     store = InputStore(get_settings().store.inputs_dir)
     async with ComfyUIClient(url) as client:
-        for name, spec in wf.parameters.items():
-            value = params.get(name)
-            if spec.type == "image" and isinstance(value, str) and value.startswith(REF_PREFIX):
-                await sync_input(client, store.resolve(value))
-
-
-def render(workflow: str, request: dict[str, Any], job_id: str) -> RenderedPrompt:
-    """Validate the parameters against the workflow contract and build the ComfyUI graph."""
-    return load_workflow(workflow).render(request, filename_prefix=f"comfyfleet/{job_id}")
+        for ref in refs:
+            await sync_input(client, store.resolve(ref))
 
 
 @task(name="submit", **_RETRY)
@@ -148,7 +144,7 @@ async def submit(url: str, graph: dict[str, Any], prompt_id: str) -> None:
     """
     async with ComfyUIClient(url, client_id=prompt_id) as client:
         queue = await client.queue()
-        if prompt_id in queue.running or prompt_id in queue.pending:
+        if prompt_id in queue:
             return
         if await client.history(prompt_id):
             return
@@ -310,9 +306,11 @@ async def generate(
         return {"job_id": info.job_id, "attempt_id": info.attempt_id, "cancelled": True}
     try:
         target = await resolve_node(info.node)
-        if any(isinstance(v, str) and v.startswith(REF_PREFIX) for v in info.params.values()):
-            await sync_inputs(target.url, info.workflow, info.params)
-        rendered = render(info.workflow, info.params, info.job_id)
+        if info.workflow != wf.id:  # an attempt of a recorded job: its workflow is the store's
+            wf = load_workflow(info.workflow)
+        if refs := input_refs(wf, info.params):
+            await sync_inputs(target.url, refs)
+        rendered = wf.render(info.params, filename_prefix=f"comfyfleet/{info.job_id}")
         await submit(target.url, rendered.graph, info.attempt_id)
         if not await asyncio.to_thread(attempts.started, db, info):
             # Ended while it was being submitted (moved off a failing node, cancelled, or
