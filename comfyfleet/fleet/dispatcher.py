@@ -21,7 +21,7 @@ from prefect.exceptions import ObjectNotFound
 
 from comfyfleet.catalog import Catalog, CatalogError
 from comfyfleet.fleet.monitor import Monitor
-from comfyfleet.fleet.router import JobView, NodeView, Router, free_slots, is_eligible
+from comfyfleet.fleet.router import JobView, NodeView, Router, free_slots
 from comfyfleet.settings import NodeConfig
 from comfyfleet.store import (
     Database,
@@ -63,9 +63,6 @@ class Dispatcher:
         self.db, self.client, self.router = db, client, router
         self.monitor, self.catalog = monitor, catalog
         self._deployments: dict[tuple[str, str], _Deployment] = {}
-        self._owners: dict[str, str] = {}
-        self._checkpoints: dict[str, str | None] = {}
-        self.dispatched = 0
 
     def views(self, nodes: Iterable[NodeConfig]) -> list[NodeView]:
         """The fleet as the router sees it now."""
@@ -100,17 +97,21 @@ class Dispatcher:
             )
             if job is None:
                 return created
-            node = await self._route(job, views)
-            if node is None:
+            routed = await self._route(job, views)
+            if routed is None:
                 return created  # put back; the next tick (or another node) takes it
-            if await self._start_attempt(job, node):
+            node, checkpoint, owner = routed
+            if await self._start_attempt(job, node, owner=owner):
                 created += 1
-                self.dispatched += 1
-                ckpt = self._checkpoints.pop(job.id, None) or node.last_checkpoint
+                ckpt = checkpoint or node.last_checkpoint  # what the node holds once it runs
                 views = [replace(v, in_flight=v.in_flight + 1, last_checkpoint=ckpt)
                          if v.id == node.id else v for v in views]  # fmt: skip
 
-    async def _route(self, job: Job, views: list[NodeView]) -> NodeView | None:
+    async def _route(
+        self, job: Job, views: list[NodeView]
+    ) -> tuple[NodeView, str | None, str] | None:
+        """The node for the job, the checkpoint the job loads there and the job's owner's name
+        (None: no node now)."""
         try:
             workflow = self.catalog.get(job.workflow)
         except CatalogError as exc:
@@ -120,7 +121,6 @@ class Dispatcher:
         faulted, owner = await asyncio.to_thread(
             self.db.run, lambda s: _facts(s, job), readonly=True
         )
-        self._owners[job.id] = owner
         models = workflow.models_for(job.params)
         ckpts = models.get("checkpoints") or []
         view = JobView(
@@ -128,7 +128,6 @@ class Dispatcher:
             checkpoint=ckpts[0] if len(ckpts) == 1 else None, pinned_node=job.pinned_node,
             exclude=frozenset(faulted),
         )  # fmt: skip
-        self._checkpoints[job.id] = view.checkpoint
         node = self.router.choose(view, views)
         if node is None:
             reason = self.router.explain(view, views)
@@ -141,9 +140,7 @@ class Dispatcher:
             logger.debug("job %s waits: %s", job.id, reason)
             await asyncio.to_thread(self.db.run, lambda s: _unclaim(s, job.id))
             return None
-        if not any(is_eligible(view, v) for v in views if v.id == node.id):
-            return None
-        return node
+        return node, view.checkpoint, owner  # the router picks among eligible nodes only
 
     async def _deployment(self, flow: str, node: str) -> _Deployment:
         key = (flow, node)
@@ -154,11 +151,11 @@ class Dispatcher:
             cached = self._deployments[key] = _Deployment(dep.id, frozenset(props))
         return cached
 
-    async def _start_attempt(self, job: Job, node: NodeView) -> bool:
+    async def _start_attempt(self, job: Job, node: NodeView, *, owner: str | None = None) -> bool:
         attempt = await asyncio.to_thread(
             self.db.run, lambda s: create_attempt(s, job_id=job.id, node=node.id)
         )
-        owner = self._owners.pop(job.id, str(job.owner_id))
+        owner = owner or str(job.owner_id)
         try:
             run = await self.start_flow_run(
                 job, node=node.id, attempt_id=attempt.id, idempotency_key=attempt.id,
