@@ -278,25 +278,28 @@ async def serve(pools: list[str], *, name: str | None = None, matching: str | No
 
     async def run_worker(pool: str) -> None:
         """Serve `pool`; a worker that fails (the server restarting, its pool deleted: Prefect's
-        heartbeat then raises) must not take the other pools down with it."""
-        while True:
-            worker = workers[pool] = ComfyFleetWorker(
-                work_pool_name=pool, name=f"{host}-{pool}", create_pool_if_not_found=False
-            )
-            with anyio.CancelScope() as scopes[pool]:
-                try:
-                    await worker.start()
-                    return
-                except Exception as exc:
-                    if pool not in pools and await _pool_exists(pool) is False:
-                        logger.info("work pool %s is gone; no longer serving it", pool)
+        heartbeat then raises) must not take the other pools down with it. The pool's cancel
+        scope spans the restarts, so discovery neither serves it twice nor misses a deletion."""
+        with anyio.CancelScope() as scopes[pool]:
+            try:
+                while True:
+                    worker = workers[pool] = ComfyFleetWorker(
+                        work_pool_name=pool, name=f"{host}-{pool}", create_pool_if_not_found=False
+                    )
+                    try:
+                        await worker.start()
                         return
-                    logger.warning("worker for %s stopped (%s); restarting in %g s",
-                                   pool, _first_error(exc), RESTART_AFTER_S)  # fmt: skip
-                finally:
-                    workers.pop(pool, None)
-                    scopes.pop(pool, None)
-            await asyncio.sleep(RESTART_AFTER_S)
+                    except Exception as exc:
+                        if pool not in pools and await _pool_exists(pool) is False:
+                            logger.info("work pool %s is gone; no longer serving it", pool)
+                            return
+                        logger.warning("worker for %s stopped (%s); restarting in %g s",
+                                       pool, _first_error(exc), RESTART_AFTER_S)  # fmt: skip
+                    finally:
+                        workers.pop(pool, None)
+                    await asyncio.sleep(RESTART_AFTER_S)
+            finally:
+                scopes.pop(pool, None)
 
     async with anyio.create_task_group() as tg:
         for pool in pools:
