@@ -275,7 +275,7 @@ class EmbeddedFleet:
     def _apply(self) -> None:
         from deployments import apply_fleet
 
-        asyncio.run(apply_fleet(self.settings.nodes))
+        asyncio.run(apply_fleet(self.settings.nodes, settings=self.settings))
         for node in self.settings.nodes:
             logger.info("node %s → pool comfyui-%s, deployments */%s", node.id, node.id, node.id)
 

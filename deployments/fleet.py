@@ -88,13 +88,10 @@ async def _ensure_pool(client: PrefectClient, node: NodeConfig, settings: Settin
         client, name, limit=node.capacity, description=f"ComfyUI node {node.id} ({node.url})",
         pool_type=node.pool_type, template=template,
     )  # fmt: skip
-    existing = {q.name for q in await client.read_work_queues(work_pool_name=name)}
+    existing = {q.name: q for q in await client.read_work_queues(work_pool_name=name)}
     for queue, priority in QUEUES.items():
         if queue in existing:
-            await client.update_work_queue(
-                id=(await client.read_work_queue_by_name(queue, work_pool_name=name)).id,
-                priority=priority,
-            )
+            await client.update_work_queue(id=existing[queue].id, priority=priority)
         else:
             await client.create_work_queue(name=queue, work_pool_name=name, priority=priority)
 
@@ -178,11 +175,11 @@ async def apply_fleet(
     settings: Settings | None = None,
 ) -> None:  # fmt: skip
     """Apply every node; register the block type first. Safe to run again and again."""
-    await ComfyUINode.aregister_type_and_schema()
     if client is None:
         async with get_client() as own:
             await apply_fleet(nodes, client=own, settings=settings)
         return
+    await ComfyUINode.aregister_type_and_schema(client=client)
     await apply_control(client)
     for node in nodes:
         await apply_node(client, node, settings=settings)
