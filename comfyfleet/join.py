@@ -23,7 +23,6 @@ No network is scanned: the control plane only ever probes the one URL a token ho
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
@@ -88,7 +87,7 @@ def node_key_matches(record: JoinRecord | None, key: str) -> bool:
     """Whether `key` is the node key of the node with this join record (constant time)."""
     if record is None or not record.key_sha256 or not key.startswith(NODE_KEY_PREFIX):
         return False
-    return hmac.compare_digest(record.key_sha256, hashlib.sha256(key.encode()).hexdigest())
+    return hmac.compare_digest(record.key_sha256, token_digest(key))
 
 
 # -- the token ---------------------------------------------------------------------------------
@@ -214,5 +213,5 @@ def make_record(
         joined_at=previous.joined_at if previous is not None else now,
         updated_at=now,
         address=address,
-        key_sha256=hashlib.sha256(key.encode()).hexdigest(),
+        key_sha256=token_digest(key),
     )

@@ -39,16 +39,6 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child before exec
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stop_process_group(proc: subprocess.Popen[bytes], *, grace_s: float) -> int | None:
     """SIGTERM the child's process group, wait `grace_s`, SIGTERM once more (a Prefect worker
     takes the second as 'kill'), then SIGKILL the group; returns the exit code."""
@@ -164,9 +154,6 @@ class Supervisor:
         self._entries[child.name] = _Entry(child, started_at=self.clock(), delay=self.backoff_s)
         logger.info("%s started (pid %s, log %s)", child.name, child.pid, child.log_path)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries
-
     def child(self, name: str) -> Child | None:
         entry = self._entries.get(name)
         return entry.child if entry is not None else None
@@ -239,6 +226,3 @@ class Supervisor:
             }
             for name, e in self._entries.items()
         }
-
-    def pids(self) -> list[int]:
-        return [p for e in self._entries.values() if (p := e.child.pid) and _alive(p)]

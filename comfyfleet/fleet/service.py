@@ -348,6 +348,10 @@ class FleetService:
                     catalog=self.catalog,
                 )  # fmt: skip
                 await self.health_round(client)
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    asyncio.get_running_loop().add_signal_handler(
+                        signal.SIGHUP, self.config.request
+                    )
                 loops = [
                     self._every(
                         self.settings.health.probe_interval_s,
@@ -364,8 +368,6 @@ class FleetService:
 
     async def reload_config(self, client: PrefectClient) -> None:
         """Apply a changed config file (comfyfleet.config_reload); SIGHUP asks for it now."""
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.config.request)
         if await self.config.check(client, self.db, router=self.router):
             self._last_refresh = 0.0  # re-read the registry in the next health round
 
