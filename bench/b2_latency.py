@@ -77,9 +77,9 @@ def run(ctx: Context) -> dict[str, Any]:
                 "delay", {"seconds": JOB_SECONDS, "seed": seed + i, "steps": 2}, batch=batch
             )
             seen[job_id] = _poll_completed(driver, job_id, timeout=120)
-            # An idle fleet for the next job: this one's flow run has ended too (it publishes
+            # An idle fleet for the next job: this one's task run has ended too (it publishes
             # its artifact and reports its final state after the job is already complete).
-            flow_runs[job_id] = _wait_flow_run_final(driver, job_id)
+            flow_runs[job_id] = _wait_task_run_final(driver, job_id)
             time.sleep(0.2)
     seed += sizes["fleet"]
     urls = {n: ctx.nodes[n].url for n in HOMOGENEOUS}
@@ -129,52 +129,50 @@ def _poll_completed(driver: FleetDriver, job_id: str, *, timeout: float) -> floa
     return float("nan")
 
 
-def _wait_flow_run_final(driver: FleetDriver, job_id: str, timeout: float = 10) -> Any:
-    """The attempt's flow run once it is final (None if it cannot be read)."""
+def _wait_task_run_final(driver: FleetDriver, job_id: str, timeout: float = 10) -> Any:
+    """The job's task run (in its node's shift) once it is final (None if it cannot be read)."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-    [(_, attempts)] = driver.job_rows_for([job_id])
-    if not attempts or not attempts[-1].flow_run_id:
-        return None
+    wanted = TaskRunFilter(name=TaskRunFilterName(like_=job_id))
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while True:
-            run = client.read_flow_run(attempts[-1].flow_run_id)
-            if (run.state is not None and run.state.is_final()) or time.monotonic() > deadline:
+            runs = client.read_task_runs(task_run_filter=wanted)
+            run = runs[-1] if runs else None
+            final = run is not None and run.state is not None and run.state.is_final()
+            if final or time.monotonic() > deadline:
                 return run
             time.sleep(0.1)
 
 
 def _stages(
-    driver: FleetDriver, batch: str, execs: list[Execution], flow_runs: dict[str, Any]
+    driver: FleetDriver, batch: str, execs: list[Execution], task_runs: dict[str, Any]
 ) -> dict[str, Any]:
     """Where submit → execution_start goes, per stage (p50/p95 over the jobs)."""
     by_job = {e.job: e for e in execs}
     stages: dict[str, list[float]] = {
-        "submit -> dispatched (fleet service claims, routes, creates the flow run)": [],
-        "dispatched -> flow run Running (worker picks it up)": [],
-        "flow run Running -> prompt on the node (tasks up to the POST, recorded after it)": [],
-        "prompt on the node (recorded) -> execution_start (negative: ComfyUI was first)": [],
+        "submit -> dispatched (the dispatcher places it, rung by the submit)": [],
+        "dispatched -> task run Running (the node's shift takes it)": [],
+        "task run Running -> execution_start (render, submit, ComfyUI starts it)": [],
         "execution_success -> job completed (follow, collect outputs, record)": [],
-        "job completed -> flow run final (publish artifact, final state)": [],
+        "job completed -> task run final (publish artifact, final state)": [],
     }
     keys = list(stages)
-    for job, attempts in driver.job_rows(batch):
-        e, run = by_job.get(job.id), flow_runs.get(job.id)
-        if e is None or not attempts or job.dispatched_at is None or run is None:
+    for job, _attempts in driver.job_rows(batch):
+        e, run = by_job.get(job.id), task_runs.get(job.id)
+        if e is None or job.dispatched_at is None or run is None or run.start_time is None:
             continue
-        a = attempts[-1]
-        if run.start_time is None or a.started_at is None or job.finished_at is None:
+        if job.finished_at is None:
             continue
         dispatched, running = job.dispatched_at.timestamp(), run.start_time.timestamp()
-        posted, finished = a.started_at.timestamp(), job.finished_at.timestamp()
+        finished = job.finished_at.timestamp()
         stages[keys[0]].append(dispatched - e.submitted)
         stages[keys[1]].append(running - dispatched)
-        stages[keys[2]].append(posted - running)
-        stages[keys[3]].append(e.start - posted)
-        stages[keys[4]].append(finished - e.end)
+        stages[keys[2]].append(e.start - running)
+        stages[keys[3]].append(finished - e.end)
         if run.end_time is not None:
-            stages[keys[5]].append(run.end_time.timestamp() - finished)
+            stages[keys[4]].append(run.end_time.timestamp() - finished)
     return {k: summarize(v) for k, v in stages.items()}
 
 

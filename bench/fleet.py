@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -32,8 +31,9 @@ from typing import Any
 import httpx
 import yaml
 
-from comfyfleet.localnode import LocalComfyUI, ensure_comfyui_install, free_port
-from comfyfleet.prefect_server import prefect_env, server_database_env
+from comfyfleet.local.node import LocalComfyUI, ensure_comfyui_install, free_port
+from comfyfleet.local.prefect_server import PrefectServer, prefect_env, server_database_env
+from comfyfleet.local.supervisor import stop_process_group
 from comfyfleet.settings import REPO_ROOT, Settings
 
 logger = logging.getLogger(__name__)
@@ -146,18 +146,8 @@ class Child:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        # A backgrounded Prefect worker may turn its first SIGTERM into an ignored SIGINT
-        # (prefect-mechanics §11.1): signal the group, wait, then kill it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is not None and proc.poll() is None:
+            stop_process_group(proc, grace_s=timeout)
 
 
 def _wait_http(url: str, timeout: float, child: Child | None = None) -> None:
@@ -324,21 +314,9 @@ class ControlPlane:
         self._write_config()
         env = self.env()
         logs = self.root / "logs"
+        command = PrefectServer(home=self.root / "prefect-home", port=self.prefect_port).command()
         server = self.children["prefect-server"] = Child(
-            "prefect-server",
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.prefect_port),
-            ],
-            env,
-            logs / "prefect-server.log",
+            "prefect-server", command, env, logs / "prefect-server.log"
         )
         server.start()
         self._prepare_store()

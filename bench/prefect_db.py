@@ -23,8 +23,8 @@ from pathlib import Path
 
 import asyncpg
 
-from comfyfleet.localnode import free_port
-from comfyfleet.prefect_server import PrefectServer
+from comfyfleet.local.node import free_port
+from comfyfleet.local.prefect_server import PrefectServer
 from comfyfleet.settings import REPO_ROOT
 
 

@@ -1,5 +1,6 @@
-"""Prefect block types of ComfyFleet: the node registry and database credentials."""
+"""The Prefect block types of ComfyFleet, for `prefect block register -m blocks`: the node
+registry's `ComfyUINode` (defined in the library, comfyfleet.fleet.node_block)."""
 
-from blocks.comfyui_node import ComfyUINode
+from comfyfleet.fleet.node_block import ComfyUINode
 
 __all__ = ["ComfyUINode"]

@@ -5,17 +5,16 @@ Every ComfyFleet process calls `configure_logging()` at start: the root level is
 records go to stderr. Under `comfyfleet up` each component's stdout and stderr go to its own file
 in `logging.dir` (`var/logs/<component>.log`), and `CombinedLog` copies every line of every
 component's file, prefixed with the component's name, into `fleet.log` beside them, where the
-supervisor writes its own lines too. `comfyfleet logs [COMPONENT] [-f]` prints (or follows) one.
+supervisor writes its own lines too (`comfyfleet logs [COMPONENT] [-f]` prints or follows one).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
+import re
 import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from comfyfleet.settings import Settings
@@ -24,6 +23,50 @@ COMBINED = "fleet"
 """The combined view: `<logging.dir>/fleet.log`."""
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUIET_BY_DEFAULT = {"httpx": "WARNING", "httpcore": "WARNING", "alembic": "WARNING"}
+
+
+_SECRETS = re.compile(
+    r"(?P<key>(?:access_token|token|client_secret|password)=)[^&\s\"']+"
+    r"|(?P<bearer>Bearer\s+)[^\s\"',]+"
+    r"|\b(?P<prefix>cf[bjn]_)[A-Za-z0-9_\-]{8,}",
+    re.IGNORECASE,
+)
+REDACTED = "***"
+REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error", "httpx", "gradio")
+"""Loggers whose lines may carry a URL or a header: `RedactSecrets` is on each."""
+
+
+def redact(text: str) -> str:
+    """`text` with bearer, join and node tokens, `access_token=` and the like masked."""
+
+    def mask(match: re.Match[str]) -> str:
+        lead = match.group("key") or match.group("bearer") or match.group("prefix")
+        return f"{lead}{REDACTED}"
+
+    return _SECRETS.sub(mask, text)
+
+
+class RedactSecrets(logging.Filter):
+    """Masks tokens in a record's message and arguments (the access log's request line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {
+                k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()
+            }
+        return True
+
+
+def redact_logs() -> None:
+    """Put `RedactSecrets` on the `REDACTED_LOGGERS` (once; the gateway calls it)."""
+    for name in REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+            logger.addFilter(RedactSecrets())
 
 
 def configure_logging(settings: Settings | None = None) -> None:
@@ -112,59 +155,3 @@ class CombinedLog:
                 prefix = f"[{name}] ".encode()
                 self._out.writelines(prefix + line + b"\n" for line in lines[:-1])
             self._out.flush()
-
-
-# -- `comfyfleet logs` ---------------------------------------------------------------------------
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "logs",
-        help="print the embedded fleet's logs (combined, or one component's)",
-        description="Print var/logs/fleet.log (every component, prefixed) or one component's "
-        "file: prefect-server, comfyui-<node>, worker, fleet-service, web.",
-    )
-    parser.add_argument("component", nargs="?", default=COMBINED, help="default: all (fleet)")
-    parser.add_argument("-n", "--lines", type=int, default=100, help="last N lines (0: all)")
-    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    parser.set_defaults(func=cmd_logs)
-
-
-def cmd_logs(args: argparse.Namespace) -> int:
-    import sys
-
-    from comfyfleet.cli import CliError, load_settings
-
-    directory = load_settings().logging.dir
-    path = directory / f"{args.component}.log"
-    if not path.is_file():
-        known = sorted(p.stem for p in directory.glob("*.log")) if directory.is_dir() else []
-        raise CliError(f"no log {path} (components with logs: {', '.join(known) or 'none yet'})")
-    if args.lines < 0:
-        raise CliError("--lines must be 0 or more")
-    print_tail(path, args.lines, sys.stdout)
-    if args.follow:
-        follow(path, sys.stdout)
-    return 0
-
-
-def print_tail(path: Path, lines: int, out: TextIO) -> None:
-    text = path.read_text(errors="replace").splitlines()
-    for line in text[-lines:] if lines else text:
-        print(line, file=out)
-
-
-def follow(path: Path, out: TextIO, *, interval_s: float = 0.25) -> None:
-    """Print what the file gets from now on, until Ctrl-C."""
-    offset = path.stat().st_size
-    while True:
-        size = path.stat().st_size
-        if size < offset:
-            offset = 0
-        if size > offset:
-            with path.open("rb") as fh:
-                fh.seek(offset)
-                out.write(fh.read(size - offset).decode(errors="replace"))
-                out.flush()
-            offset = size
-        time.sleep(interval_s)

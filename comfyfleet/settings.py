@@ -10,14 +10,17 @@ input lives in flow parameters. This module holds only what a process needs to s
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+import yaml
+from limits import parse_many
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -48,29 +51,47 @@ def config_path() -> Path:
     return Path(os.environ.get("COMFYFLEET_CONFIG", REPO_ROOT / "comfyfleet.yaml"))
 
 
-class NodeConfig(BaseModel):
-    """One ComfyUI node as listed in `comfyfleet.yaml` (applied to its ComfyUINode block)."""
+class NodeSpec(BaseModel):
+    """A node's fields but its id: what its registry block holds (the block is named by the id).
+    Part of `NodeConfig`, the one node schema; the block type derives from it."""
 
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    url: str
-    capacity: int = Field(default=2, ge=1, le=64)
+    url: str = Field(description="Base URL of the ComfyUI server, e.g. http://10.0.0.5:8188")
+    capacity: int = Field(
+        default=2, ge=1, le=64, description="Jobs in flight at once (the pool's limit)."
+    )
     capabilities: list[str] = Field(
         default_factory=lambda: [
             "text_to_image",
             "text_to_image_sdxl",
             "image_to_video",
             "image_to_image",
-        ]
+        ],
+        description="Generation types this node serves.",
     )
-    weight: float = Field(default=1.0, gt=0)
-    priority: int = 0
-    enabled: bool = True
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    weight: float = Field(default=1.0, gt=0, description="Share under the weighted strategy.")
+    priority: int = Field(default=0, description="Group under the priority_based strategy.")
+    enabled: bool = Field(default=True, description="Disabled nodes get no new jobs.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form facts: gpu model, location, …"
+    )
     pool_type: PoolType = Field(
         default="comfyfleet",
         description="`comfyfleet`: the in-process worker runs the node's flows; `docker`: a "
         "Prefect Docker worker runs each flow in a container of `docker.image`.",
     )
+
+
+class _NodeId(BaseModel):
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="Node id (gpu-1): its pool is comfyui-<id>, its deployments <flow>/<id>.",
+    )
+
+
+class NodeConfig(NodeSpec, _NodeId):
+    """One ComfyUI node: the node schema. `comfyfleet.yaml` lists them; the registry block
+    (`ComfyUINode`, a `NodeSpec` named by the id), the live `NodeState` and the REST `NodeInfo`
+    derive from it. The id comes first (`_NodeId`), then the `NodeSpec` fields."""
 
 
 class RoutingSettings(BaseModel):
@@ -99,7 +120,15 @@ class PrefectSettings(BaseModel):
     database_url: str | None = Field(
         default=None,
         description="Database of the Prefect server ComfyFleet starts: None = SQLite in its home; "
-        "postgresql+asyncpg://user:pw@host:5432/db for PostgreSQL (comfyfleet.prefect_server).",
+        "postgresql+asyncpg://user:pw@host:5432/db for PostgreSQL "
+        "(comfyfleet.local.prefect_server).",
+    )
+    auth_string_file: Path | None = Field(
+        default=None,
+        description="The file holding the Prefect API's auth string (default: "
+        "<embedded.var_dir>/prefect-auth-string): `comfyfleet up` creates it (mode 0600) and "
+        "starts its server with it; ComfyFleet's processes send it (PREFECT_API_AUTH_STRING). "
+        "A server run elsewhere without auth: leave the file absent.",
     )
 
 
@@ -136,9 +165,74 @@ class StoreSettings(BaseModel):
     inputs_dir: Path = REPO_ROOT / "var" / "inputs"
 
 
+class BatchSettings(BaseModel):
+    files_dir: Path = Field(
+        default=REPO_ROOT / "var" / "batch",
+        description="The only directory server-side files are read from: a batch's `file=` and "
+        "image parameters given as paths (relative paths are taken inside it).",
+    )
+
+
 class AuthSettings(BaseModel):
     token_ttl_minutes: int = Field(default=1440, ge=1)
     open_registration: bool = False
+    login_rate: str = Field(
+        default="10/minute;100/hour",
+        description="Failed logins allowed per client address and per account on every login "
+        "and token route and the UI's login (`limits` notation: 10/minute;100/hour); more get "
+        "429 with Retry-After. Empty or `off`: no throttling.",
+    )
+
+    @field_validator("login_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)
+        return value
+
+
+class WebhookSettings(BaseModel):
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="Private networks webhooks may reach (CIDR, e.g. 10.20.0.0/16); none by "
+        "default. The fleet's own endpoints stay refused.",
+    )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{network!r} is not a network (CIDR): {exc}") from None
+        return value
+
+
+class LimitsSettings(BaseModel):
+    """Fleet-wide ceilings over every workflow contract (the old service's format included):
+    a parameter's maximum is the lower of its contract's and these."""
+
+    max_width: int = Field(default=2048, ge=8, description="Pixels, any `width` input.")
+    max_height: int = Field(default=2048, ge=8, description="Pixels, any `height` input.")
+    max_steps: int = Field(default=150, ge=1, description="Sampling steps.")
+    max_batch_size: int = Field(default=8, ge=1, description="Images per job.")
+    max_frames: int = Field(default=128, ge=1, description="Video frames per job.")
+    max_output_pixels: int = Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 64,
+        description="Pixels of one output image (an upscale's input pixels x scale^2).",
+    )
+
+    def ceilings(self) -> dict[str, int]:
+        """Ceiling per kind of parameter (`comfyfleet.catalog.CEILING_INPUTS`)."""
+        return {
+            "width": self.max_width,
+            "height": self.max_height,
+            "steps": self.max_steps,
+            "batch_size": self.max_batch_size,
+            "frames": self.max_frames,
+            "output_pixels": self.max_output_pixels,
+        }
 
 
 class GatewaySettings(BaseModel):
@@ -192,6 +286,16 @@ class EmbeddedSettings(BaseModel):
     smoke_job: bool = True
 
 
+def parse_rate(rate: str) -> list[Any]:
+    """The limits of a rate such as `10/minute;100/hour` (none for "", `off`)."""
+    if rate.strip().lower() in ("", "off", "none", "unlimited"):
+        return []
+    try:
+        return list(parse_many(rate))
+    except ValueError as exc:
+        raise ValueError(f"{rate!r} is not a rate such as 10/minute;100/hour ({exc})") from None
+
+
 CLIENT_ENV = ("COMFYFLEET_GATEWAY", "COMFYFLEET_TOKEN", "COMFYFLEET_CONFIG")
 """The CLI's own variables (the gateway URL, a token, the config path): not settings. Without
 this, `COMFYFLEET_GATEWAY=http://…` would be read as the `gateway` section and fail."""
@@ -220,8 +324,11 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
@@ -269,3 +376,39 @@ def read_settings(path: Path) -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def format_errors(exc: Exception, path: Path) -> str:
+    """A settings error with the location of each problem (the YAML line where known)."""
+    if not isinstance(exc, ValidationError):
+        return f"{path}: {exc}"
+    lines = [f"{path}: invalid configuration"]
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        where = ".".join(loc) or "(top level)"
+        line = yaml_line(path, loc)
+        lines.append(f"  {where}{f' (line {line})' if line else ''}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def yaml_line(path: Path, loc: Sequence[str]) -> int | None:
+    """The 1-based line of `loc` (e.g. ["nodes", "0", "capacity"]) in the YAML file, or of the
+    deepest part of it that exists there; None when the file has none of it."""
+    try:
+        node: Any = yaml.compose(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if str(k.value) == part), None)
+            key = next((k for k, _ in node.value if str(k.value) == part), None)
+            if match is None or key is None:
+                break
+            line, node = key.start_mark.line + 1, match
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fnmatch
-import importlib
+import functools
 import logging
 import math
 import os
+import re
 import socket
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -35,8 +37,9 @@ from prefect.events.filters import (
     EventNameFilter,
     EventRelatedFilter,
 )
+from prefect.exceptions import MissingFlowError
 from prefect.flow_engine import run_flow_async
-from prefect.flows import Flow
+from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.states import Cancelled
 from prefect.utilities.callables import get_call_parameters, parameters_to_args_kwargs
 from prefect.workers.base import (
@@ -45,6 +48,8 @@ from prefect.workers.base import (
     BaseWorker,
     BaseWorkerResult,
 )
+
+from comfyfleet.settings import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -64,19 +69,43 @@ class InProcessResult(BaseWorkerResult):
     """Outcome of one in-process flow run (`status_code` 0 unless the engine itself broke)."""
 
 
-def load_flow(entrypoint: str) -> Flow[..., Any]:
-    """Import a flow from a deployment entrypoint like `flows/text_to_image.py:text_to_image`.
-
-    The file is imported as a module of the checkout (`flows.text_to_image`), once per process.
-    """
+def load_flow(entrypoint: str, *, base: str | Path | None = None) -> Flow[..., Any]:
+    """The flow of a deployment entrypoint like `flows/text_to_image.py:text_to_image`, loaded
+    with Prefect's own loader (`load_flow_from_entrypoint`), once per process. A relative path is
+    taken from `base` (the deployment's `path`; default: the working directory)."""
     path, _, name = entrypoint.rpartition(":")
-    module_name = path.removesuffix(".py").replace("/", ".").replace("\\", ".").strip(".")
-    obj = getattr(importlib.import_module(module_name), name)
-    if not isinstance(obj, Flow):
-        raise TypeError(f"{entrypoint} is not a Prefect flow")
-    if not obj.isasync:
-        raise TypeError(f"{entrypoint} must be an async flow to run in-process")
-    return obj
+    file = Path(path) if base is None else Path(base) / path
+    return _load_flow(str(file.resolve()), name)
+
+
+@functools.cache
+def _load_flow(path: str, name: str) -> Flow[..., Any]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no flow file {path}")
+    try:
+        flow = load_flow_from_entrypoint(f"{path}:{name}", use_placeholder_flow=False)
+    except MissingFlowError as exc:
+        raise TypeError(f"{path}:{name} is not a Prefect flow ({exc})") from None
+    if not flow.isasync:
+        raise TypeError(f"{path}:{name} must be an async flow to run in-process")
+    return flow
+
+
+HOME_ENV = "COMFYFLEET_HOME"
+"""The checkout flow code runs from (prefect.yaml's pull step); default: this worker's checkout."""
+_ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def code_directory(pull_steps: list[dict[str, Any]] | None) -> str | None:
+    """The directory a deployment's `set_working_directory` pull step names (prefect.yaml's
+    deployments: `{{ $COMFYFLEET_HOME }}`), its `{{ $VAR }}` placeholders filled from the
+    environment. Read, not run: running the step would change this whole process's directory."""
+    env = {HOME_ENV: str(REPO_ROOT), **os.environ}
+    for step in pull_steps or []:
+        for name, spec in step.items():
+            if name.endswith("set_working_directory") and isinstance(spec, dict):
+                return _ENV_PLACEHOLDER.sub(lambda m: env.get(m[1], ""), spec["directory"])
+    return None
 
 
 class ComfyFleetWorker(BaseWorker[InProcessJobConfiguration, InProcessVariables, InProcessResult]):
@@ -90,7 +119,8 @@ class ComfyFleetWorker(BaseWorker[InProcessJobConfiguration, InProcessVariables,
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._flows: dict[UUID, Flow[..., Any]] = {}
-        self._running: dict[UUID, anyio.CancelScope] = {}
+        self._running: dict[UUID, asyncio.Task[Any]] = {}
+        self._cancel_asked: set[UUID] = set()
 
     async def setup(self) -> None:
         await super().setup()
@@ -115,7 +145,10 @@ class ComfyFleetWorker(BaseWorker[InProcessJobConfiguration, InProcessVariables,
             deployment = await self.client.read_deployment(flow_run.deployment_id)
             if not deployment.entrypoint:
                 raise ValueError(f"deployment {deployment.name!r} has no entrypoint")
-            cached = self._flows[flow_run.deployment_id] = load_flow(deployment.entrypoint)
+            cached = self._flows[flow_run.deployment_id] = load_flow(
+                deployment.entrypoint,
+                base=deployment.path or code_directory(deployment.pull_steps),
+            )
         return cached
 
     async def run(
@@ -130,26 +163,39 @@ class ComfyFleetWorker(BaseWorker[InProcessJobConfiguration, InProcessVariables,
         identifier = f"{socket.gethostname()}:{os.getpid()}:{flow_run.id}"
         if task_status is not None:
             task_status.started(identifier)
-        with anyio.CancelScope() as scope:
-            self._running[flow_run.id] = scope
-            try:
-                await run_flow_async(
-                    flow, flow_run=flow_run, parameters=parameters, return_type="state"
-                )
-            finally:
-                self._running.pop(flow_run.id, None)
-        if scope.cancelled_caught:
-            await self._mark_cancelled(flow_run.id)
+        # Its own asyncio task, cancelled once on request (an anyio cancel scope would cancel it
+        # again at every await, so the flow's cleanup could not finish and the engine would report
+        # Crashed): the flow interrupts its prompt and ends Cancelled itself.
+        running = asyncio.ensure_future(
+            run_flow_async(flow, flow_run=flow_run, parameters=parameters, return_type="state")
+        )
+        self._running[flow_run.id] = running
+        try:
+            state = await running
+        except asyncio.CancelledError:
+            if flow_run.id not in self._cancel_asked or _cancelling(asyncio.current_task()):
+                raise  # this worker is stopping, not the run
+            state = None
+        finally:
+            self._running.pop(flow_run.id, None)
+        if flow_run.id in self._cancel_asked:
+            self._cancel_asked.discard(flow_run.id)
+            if state is None or not state.is_cancelled():  # it ended before it saw the cancel
+                await self._mark_cancelled(flow_run.id)
         return InProcessResult(identifier=identifier, status_code=0)
 
     async def _cancel_run(self, flow_run_id: UUID) -> None:
-        """A run moved to Cancelling: cancel its task here (flows interrupt ComfyUI on cancel)."""
-        scope = self._running.get(flow_run_id)
-        if scope is None:
+        """A run moved to Cancelling: cancel its task here, once (flows interrupt ComfyUI on
+        cancel and end Cancelled)."""
+        running = self._running.get(flow_run_id)
+        if running is None:
             await super()._cancel_run(flow_run_id)
             return
+        if flow_run_id in self._cancel_asked:
+            return
         logger.info("cancelling in-process flow run %s", flow_run_id)
-        scope.cancel()
+        self._cancel_asked.add(flow_run_id)
+        running.cancel()
 
     async def _mark_cancelled(self, flow_run_id: UUID) -> None:
         await self.client.set_flow_run_state(
@@ -167,6 +213,10 @@ class ComfyFleetWorker(BaseWorker[InProcessJobConfiguration, InProcessVariables,
 
 
 _background: set[asyncio.Task[Any]] = set()
+
+
+def _cancelling(task: asyncio.Task[Any] | None) -> bool:
+    return task is not None and task.cancelling() > 0
 
 
 def _spawn(coro: Any) -> None:

@@ -13,9 +13,11 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+from prefect.runtime import flow_run
 
-from comfyfleet import attempts, jobs
+from comfyfleet import jobs
 from comfyfleet.auth import Principal
+from comfyfleet.jobs import attempts
 from comfyfleet.settings import get_settings
 from comfyfleet.store import TERMINAL_JOB_STATUSES
 from comfyfleet.store.users import ensure_service_user, require_user
@@ -49,10 +51,12 @@ def submit_jobs(
         except ValueError as exc:
             raise ValueError(f"item {index + 1}: {exc}") from exc
     principal = principal_for(username)
+    parent = flow_run.id  # each job's task run is shown inside this run (flows/_tasks.py)
     return [
         jobs.submit(
             _db(),
-            jobs.JobRequest(workflow=workflow, params=params, priority=priority, batch_id=batch_id),
+            jobs.JobRequest(workflow=workflow, params=params, priority=priority, batch_id=batch_id,
+                            parent_run=str(parent) if parent else None),
             principal=principal, catalog=catalog,
         ).id
         for params in items

@@ -1,99 +1,73 @@
-"""The tasks every generation flow is made of; each does one unit of I/O against one node.
+"""The task every job runs as, and the body the generation flows share.
 
-Task runs: `sync-inputs` (only when the job has input images), `submit`, `follow`,
-`collect-outputs`. Looking up the node, rendering the graph and publishing the result artifact
-are plain calls inside the flow run: a task run costs the Prefect server CPU for its states and
-events on every attempt, and these steps have nothing to retry.
+A job's attempt on a node is one task run, `job` (named `t2i-<job>`, `sdxl-<job>`, `i2v-<job>`,
+`wf-<job>`; tagged with its node and workflow), inside a flow run:
 
-Retries are task-level and only for transient faults (node unreachable, timeouts, 5xx): a prompt
-ComfyUI rejects, or a node that raises while executing, fails the run at once with the node's
-message. Resubmitting is safe: the prompt id is the attempt id, and a retried submit first asks
-the node whether it already has it.
+- attempts the dispatcher placed run in the node's shift (`node-shift/<node>`, flows/node_shift.py:
+  one flow run per node for as long as its worker serves it);
+- a pinned deployment `<flow>/<node>` run straight from Prefect (UI, CLI, schedule) records itself
+  as a job of the `prefect` service user and runs its one attempt in its own flow run;
+- a routed run (`<flow>/fleet`, no node) or a batch run queues jobs and follows them
+  (flows/_routing.py); a node's shift runs each, but its task run is shown inside the run that
+  queued it (its child in the Prefect UI).
+
+Every `job` task run is labelled with the job, attempt, user (owner id), node and workflow ids.
+
+The task retries only faults before the prompt reached the node (`SubmitFailed`: unreachable,
+timeout, 5xx; a retry asks the node first, as the prompt id is the attempt id). A prompt ComfyUI
+rejects, or a node that raises while executing, fails the job at once with the node's message; a
+node that goes away ends the attempt as a node fault and the job goes to another node. What the
+attempt does is comfyfleet.jobs.shift.run_attempt; this module adds what Prefect shows: the task
+run, step progress as `comfy.progress` events (at most one a second, and the last step), and a
+markdown artifact with the outputs (names, sizes, sha256, provenance and a link; no image bytes).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import shutil
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.artifacts import (
-    acreate_markdown_artifact,
-    acreate_progress_artifact,
-    aupdate_progress_artifact,
-)
+from prefect import Task, get_run_logger, tags
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events import emit_event
 from prefect.runtime import flow_run
-from prefect.states import Cancelling
+from prefect.states import Cancelled, Cancelling
 
-from blocks import ComfyUINode
-from comfyfleet import attempts
-from comfyfleet.catalog import Catalog, Workflow
-from comfyfleet.comfyui import (
-    ComfyUIClient,
-    NodeUnavailable,
-    Progress,
-    is_node_fault,
-    retry_if_transient,
-)
-from comfyfleet.inputs import REF_PREFIX, InputStore, sync_input
-from comfyfleet.jobs import load_catalog
-from comfyfleet.outputs import OutputRecord, store_output
+from comfyfleet.comfyui import NodeUnavailable
+from comfyfleet.fleet.generation import run_prefix
+from comfyfleet.fleet.node_block import ComfyUINode
+from comfyfleet.jobs import attempts, load_workflow
+from comfyfleet.jobs.inputs import store_inputs
+from comfyfleet.jobs.shift import Outcome, SubmitFailed, info_of, run_attempt, stop_prompt
 from comfyfleet.settings import get_settings
+from comfyfleet.store import Work
 from flows._routing import route
 
 PROGRESS_EVENT = "comfy.progress"
-_PROGRESS_INTERVAL_S = 0.2  # progress artifact / event throttle
-_DB_PROGRESS_INTERVAL_S = 0.5  # durable progress in the job row
-NODE_GONE_AFTER_S = 3.0
-"""A node whose websocket cannot be re-established for this long has failed the attempt."""
-
-_RETRY = dict(retries=3, retry_delay_seconds=[1, 2, 4], retry_jitter_factor=0.3,
-              retry_condition_fn=retry_if_transient)  # fmt: skip
+PROGRESS_EVENT_S = 1.0
+"""At most one progress event a second per job (and always the last step)."""
 
 
 def run_name(prefix: str) -> Any:
-    """A flow_run_name callable: `<prefix>-<job id>` (the flow run id for ad-hoc runs)."""
+    """A flow_run_name callable: `<prefix>-<flow run id>` (the run's job has that id)."""
 
     def name() -> str:
-        return f"{prefix}-{flow_run.parameters.get('job_id') or flow_run.id}"
+        return f"{prefix}-{_run_hex()}"
 
     return name
 
 
-_catalog: tuple[tuple[Any, ...], Catalog] | None = None
-
-
-def _sources_signature(sources: list[Path]) -> tuple[Any, ...]:
-    """What the catalog was read from, as (path, mtime, size) of every file: cheap to compute."""
-    seen = []
-    for source in sources:
-        paths = sorted(Path(source).rglob("*")) if Path(source).is_dir() else [Path(source)]
-        for path in paths:
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            seen.append((str(path), st.st_mtime_ns, st.st_size))
-    return tuple(seen)
-
-
-def load_workflow(workflow: str) -> Workflow:
-    """The workflow from the catalog, read once per process and again when a file changes
-    (reading every contract costs ~20 ms: too much to do for every attempt)."""
-    global _catalog
-    settings = get_settings()
-    signature = _sources_signature([Path(p) for p in settings.workflow_dirs])
-    if _catalog is None or _catalog[0] != signature:
-        _catalog = (signature, load_catalog(settings))
-    return _catalog[1].get(workflow)
+def _run_hex() -> str:
+    return uuid.UUID(str(flow_run.id)).hex
 
 
 async def resolve_node(node: str) -> ComfyUINode:
@@ -108,167 +82,170 @@ async def resolve_node(node: str) -> ComfyUINode:
     return block
 
 
-def store_inputs(workflow: Workflow, request: dict[str, Any]) -> dict[str, Any]:
-    """Image parameters given as local files (operators running flows from Prefect) go into the
-    input store; the request then names them as the node will (`comfyfleet/<sha256>.<ext>`)."""
-    store = InputStore(get_settings().store.inputs_dir)
-    stored = dict(request)
-    for name, spec in workflow.parameters.items():
-        value = request.get(name)
-        if spec.type == "image" and isinstance(value, str) and Path(value).is_absolute():
-            stored[name] = store.put_file(Path(value)).ref
-    return stored
+class ProgressEvents:
+    """Step progress as `comfy.progress` events on resource `comfy.job.<id>` (what the gateway's
+    SSE, Gradio and the CLI follow), throttled."""
 
-
-def input_refs(workflow: Workflow, params: dict[str, Any]) -> list[str]:
-    """The job's input images, as input store refs (`comfyfleet/<sha256>.<ext>`)."""
-    refs = [params.get(name) for name, spec in workflow.parameters.items() if spec.type == "image"]
-    return [ref for ref in refs if isinstance(ref, str) and ref.startswith(REF_PREFIX)]
-
-
-@task(name="sync-inputs", **_RETRY)
-async def sync_inputs(url: str, refs: list[str]) -> None:
-    """Upload the job's input images that the node lacks (by content hash)."""
-    store = InputStore(get_settings().store.inputs_dir)
-    async with ComfyUIClient(url) as client:
-        for ref in refs:
-            await sync_input(client, store.resolve(ref))
-
-
-@task(name="submit", **_RETRY)
-async def submit(url: str, graph: dict[str, Any], prompt_id: str) -> None:
-    """POST /prompt with our prompt id (idempotent: a node that already has it is left alone).
-
-    The client id is the prompt id too: ComfyUI sends a prompt's messages only to the websocket
-    of the client that submitted it, and `follow` (or an adopting run) connects under that id.
-    """
-    async with ComfyUIClient(url, client_id=prompt_id) as client:
-        queue = await client.queue()
-        if prompt_id in queue:
-            return
-        if await client.history(prompt_id):
-            return
-        await client.submit(graph, prompt_id=prompt_id)
-
-
-class _ProgressReporter:
-    """Relays ComfyUI step progress to a Prefect progress artifact, `comfy.job.<id>` events and
-    (throttled further) the job row."""
-
-    def __init__(self, info: attempts.AttemptInfo, artifact_id: Any) -> None:
-        self.info, self.artifact_id = info, artifact_id
-        self.job_id, self.node = info.job_id, info.node
+    def __init__(self, info: attempts.AttemptInfo) -> None:
+        self.info = info
         self._last = 0.0
-        self._last_db = 0.0
 
-    async def __call__(self, message: Any) -> None:
-        if not isinstance(message, Progress):
-            return
+    async def __call__(self, value: int, maximum: int, comfy_node: str | None) -> None:
         now = time.monotonic()
-        if message.value < message.max and now - self._last < _PROGRESS_INTERVAL_S:
+        if value < maximum and now - self._last < PROGRESS_EVENT_S:
             return
         self._last = now
-        await aupdate_progress_artifact(
-            self.artifact_id, progress=100.0 * message.value / max(message.max, 1)
-        )
         emit_event(
             PROGRESS_EVENT,
-            resource={"prefect.resource.id": f"comfy.job.{self.job_id}"},
-            payload={"value": message.value, "max": message.max, "node": self.node,
-                     "comfy_node": message.node},
+            resource={"prefect.resource.id": f"comfy.job.{self.info.job_id}"},
+            payload={"value": value, "max": maximum, "node": self.info.node,
+                     "comfy_node": comfy_node},
         )  # fmt: skip
-        if message.value >= message.max or now - self._last_db >= _DB_PROGRESS_INTERVAL_S:
-            self._last_db = now
-            db = attempts.database(get_settings().database.url)
-            await asyncio.to_thread(attempts.progress, db, self.info, message.value, message.max)
 
 
-@task(name="follow")
-async def follow(url: str, info: attempts.AttemptInfo) -> float:
-    """Follow the prompt over the websocket to its end; returns its execution seconds.
-
-    Cancelled (the run was cancelled in Prefect or through ComfyFleet) → the prompt is
-    interrupted on the node, or deleted from its queue if it had not started.
-    """
-    artifact_id = await acreate_progress_artifact(
-        progress=0.0, description=f"Sampling progress of job {info.job_id} on {info.node}"
-    )
-    reporter = _ProgressReporter(info, artifact_id)
-    async with ComfyUIClient(
-        url, client_id=info.attempt_id, unavailable_after=NODE_GONE_AFTER_S
-    ) as client:
-        try:
-            result = await client.wait(info.attempt_id, on_message=reporter)
-        except asyncio.CancelledError:
-            await asyncio.shield(_stop_prompt(client, info.attempt_id))
-            raise
-    await aupdate_progress_artifact(artifact_id, progress=100.0)
-    return result.duration_s or 0.0
+def _retry_submit(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only a fault before the prompt reached the node."""
+    return isinstance(getattr(state, "data", None), SubmitFailed)
 
 
-async def _stop_prompt(client: ComfyUIClient, prompt_id: str) -> None:
+def _run_count() -> int:
+    ctx = TaskRunContext.get()
+    return ctx.task_run.run_count if ctx is not None else 1
+
+
+def job_labels(work: Work) -> dict[str, str]:
+    """Prefect labels of a job's task run: the ids a person filters by (one value per job, so
+    labels rather than tags; the node and workflow are also tags, the few stable facets)."""
+    return {
+        "comfyfleet.job.id": work.job_id, "comfyfleet.attempt.id": work.attempt_id,
+        "comfyfleet.user.id": str(work.owner_id), "comfyfleet.node.id": work.node,
+        "comfyfleet.workflow.id": work.workflow,
+    }  # fmt: skip
+
+
+class JobTask(Task[..., Any]):
+    """The `job` task: its task run carries `job_labels` from the moment it is created."""
+
+    async def create_local_run(self, *args: Any, **kwargs: Any) -> TaskRun:
+        run = await super().create_local_run(*args, **kwargs)
+        work = (kwargs.get("parameters") or {}).get("work")
+        if isinstance(work, Work):
+            run.labels = {**(run.labels or {}), **job_labels(work)}
+        return run
+
+
+async def _job(work: Work, url: str, label: str, in_shift: bool = True) -> dict[str, Any]:
+    """One attempt of a job on one node (see the module docstring)."""
+    db = attempts.database(get_settings().database.url)
+    info = info_of(work)
+    fresh = work.fresh and _run_count() <= 1  # a retried submit may have reached the node
+    outcome = await run_attempt(db, info, url, fresh=fresh, on_progress=ProgressEvents(info))
+    if outcome.status == "completed":
+        if in_shift:  # in the background: the node's slot frees at once, even if Prefect is slow
+            _in_background(_publish_quietly(info, outcome))
+        else:  # a pinned run is the job: it ends once its artifact is there
+            await _publish_quietly(info, outcome)
+    elif outcome.status in ("failed", "node_fault"):
+        raise RuntimeError(f"job {info.job_id} on {info.node}: {outcome.status}: {outcome.detail}")
+    return {
+        "job_id": info.job_id, "attempt_id": info.attempt_id, "node": info.node,
+        "workflow": info.workflow, "status": outcome.status, "detail": outcome.detail,
+        "gpu_seconds": outcome.gpu_seconds, "outputs": [o.model_dump() for o in outcome.outputs],
+    }  # fmt: skip
+
+
+job = JobTask(
+    fn=_job, name="job", task_run_name="{label}", retries=2, retry_delay_seconds=[1, 2],
+    retry_condition_fn=_retry_submit, cache_policy=NO_CACHE, persist_result=False,
+)  # fmt: skip
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _in_background(coro: Any) -> None:
+    """Run `coro` in this context (its task run's), keeping a reference until it ends."""
+    running = asyncio.get_running_loop().create_task(coro)
+    _background.add(running)
+    running.add_done_callback(_background.discard)
+
+
+async def _publish_quietly(info: attempts.AttemptInfo, outcome: Outcome) -> None:
     try:
-        await client.delete_pending([prompt_id])
-        await client.interrupt(prompt_id)
-    except Exception as exc:  # best effort: the node may be gone
-        get_run_logger().warning("could not stop prompt %s: %s", prompt_id, exc)
+        await publish(info, outcome)
+    except Exception as exc:  # an artifact is for people; the job's result stands
+        logging.getLogger(__name__).warning("job %s: could not publish the output artifact: %s",
+                                            info.job_id, exc)  # fmt: skip
 
 
-def attempt_dir(job_id: str, attempt_id: str) -> Path:
-    return Path(get_settings().store.outputs_dir) / job_id / attempt_id
+async def run_work(work: Work, url: str, *, in_shift: bool = True) -> dict[str, Any] | None:
+    """Run an attempt as the `job` task run, tagged with its node and workflow; a submit that
+    kept failing after the retries ends the attempt as a node fault."""
+    label = f"{run_prefix(work.capability)}-{work.job_id}"
+    try:
+        async with _inside_parent_run(work):
+            with tags(f"node:{work.node}", f"workflow:{work.workflow}"):
+                return await job(work, url, label, in_shift)
+    except SubmitFailed as exc:
+        db = attempts.database(get_settings().database.url)
+        await asyncio.to_thread(attempts.node_fault, db, info_of(work), str(exc))
+        raise
 
 
-@task(name="collect-outputs", **_RETRY)
-async def collect_outputs(
-    url: str, prompt_id: str, job_id: str, node: str, output_nodes: list[str]
-) -> list[OutputRecord]:
-    """Download the attempt's output files from the node into the output store.
+@asynccontextmanager
+async def _inside_parent_run(work: Work) -> AsyncIterator[None]:
+    """A job that a routed or batch run queued is shown inside that run in the Prefect UI (its
+    task run is the run's child; the shift that ran it is named by the `node:` tag). Otherwise,
+    or if the run cannot be read, the task run stays in the current (shift's) run."""
+    here = FlowRunContext.get()
+    parent = None
+    if (
+        work.parent_run
+        and here is not None
+        and str(getattr(here.flow_run, "id", "")) != (work.parent_run)
+    ):
+        try:
+            async with get_client() as client:
+                parent = await client.read_flow_run(uuid.UUID(work.parent_run))
+        except Exception as exc:  # shown in the shift instead; the job itself is unaffected
+            logging.getLogger(__name__).warning(
+                "job %s: its parent run %s is unreadable (%s)", work.job_id, work.parent_run, exc
+            )
+    if parent is None or here is None:
+        yield
+        return
+    with here.model_copy(update={"flow_run": parent}):
+        yield
 
-    Each attempt has its own folder (`<job>/<prompt id = attempt id>/`): two attempts of a job
-    on two nodes name their files alike (each node counts from 00001), and a superseded attempt
-    finishing late must not overwrite the files of the one that completed the job.
-    """
-    out_dir = attempt_dir(job_id, prompt_id)
-    records: list[OutputRecord] = []
-    async with ComfyUIClient(url) as client:
-        for ref in await client.outputs(prompt_id):
-            if output_nodes and ref.node_id not in output_nodes:
-                continue
-            records.append(await store_output(client, ref, out_dir, node=node, prompt_id=prompt_id))
-    if not records:
-        raise RuntimeError(f"prompt {prompt_id} on {node} finished without output files")
-    get_run_logger().info("stored %d output(s) in %s", len(records), out_dir)
-    return records
+
+def job_link(job_id: str) -> str:
+    gateway = get_settings().gateway
+    return f"http://{gateway.host}:{gateway.port}/api/v2/jobs/{job_id}"
 
 
-async def publish(
-    job_id: str, node: str, workflow: str, params: dict[str, Any], outputs: list[OutputRecord]
-) -> None:
-    """A markdown artifact a person wants to see: the images, where they came from, the params."""
-    lines = [f"# Job `{job_id}`", "", f"Workflow `{workflow}` on node `{node}`.", ""]
-    for out in outputs:
-        if out.content_type.startswith("image/") and out.size <= 512 * 1024:
-            data = base64.b64encode(Path(out.path).read_bytes()).decode()
-            lines.append(f"![{out.name}](data:{out.content_type};base64,{data})")
-    lines += ["", "| file | size | sha256 | node | prompt |", "|---|---|---|---|---|"]
-    lines += [f"| `{o.path}` | {o.size} | `{o.sha256[:16]}…` | {o.node} | `{o.prompt_id}` |"
-              for o in outputs]  # fmt: skip
+async def publish(info: attempts.AttemptInfo, outcome: Outcome) -> None:
+    """A markdown artifact a person wants to see: the outputs (a link to them, no bytes), where
+    they came from, the parameters."""
+    link = job_link(info.job_id)
+    lines = [f"# Job `{info.job_id}`", "", f"Workflow `{info.workflow}` on node `{info.node}`, "
+             f"{outcome.gpu_seconds:.2f} GPU-seconds. [The job and its outputs]({link}) "
+             "(sign in to the gateway).", ""]  # fmt: skip
+    lines += ["| file | size | sha256 | node | prompt |", "|---|---|---|---|---|"]
+    lines += [f"| [{o.name}]({link}/outputs/{o.name}) | {o.size} | `{o.sha256[:16]}…` | {o.node} "
+              f"| `{o.prompt_id}` |" for o in outcome.outputs]  # fmt: skip
     lines += ["", "| parameter | value |", "|---|---|"]
-    lines += [f"| {k} | `{v}` |" for k, v in sorted(params.items())]
+    lines += [f"| {k} | `{v}` |" for k, v in sorted(outcome.params.items())]
     await acreate_markdown_artifact(
-        markdown="\n".join(lines),
-        key=f"job-{job_id}".lower(),
-        description=f"Outputs of job {job_id}",
-    )
+        markdown="\n".join(lines), key=f"job-{info.job_id}".lower(),
+        description=f"Outputs of job {info.job_id}",
+    )  # fmt: skip
 
 
 @asynccontextmanager
 async def _lease(db: Any, info: attempts.AttemptInfo) -> AsyncIterator[None]:
-    """Renew the attempt's lease while the body runs; act on a cancel asked through ComfyFleet.
-
-    A cancel request moves this flow run to Cancelling in Prefect, so the worker cancels it the
-    same way as a cancel from the Prefect UI (the prompt is interrupted on the node).
-    """
+    """Renew the attempt's lease while a pinned run runs it; a cancel asked through ComfyFleet
+    moves the run to Cancelling, so the worker cancels it as a cancel from the Prefect UI (the
+    prompt is then interrupted on the node)."""
 
     async def keep() -> None:
         asked = False
@@ -279,6 +256,10 @@ async def _lease(db: Any, info: attempts.AttemptInfo) -> AsyncIterator[None]:
                 continue
             if not live or await asyncio.to_thread(attempts.cancel_requested, db, info):
                 asked = True
+                get_run_logger().warning(
+                    "job %s: %s; stopping the run", info.job_id,
+                    "cancel requested" if live else "the attempt is no longer the job's live one",
+                )  # fmt: skip
                 async with get_client() as client:
                     await client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
 
@@ -289,85 +270,41 @@ async def _lease(db: Any, info: attempts.AttemptInfo) -> AsyncIterator[None]:
         keeper.cancel()
 
 
-async def generate(
-    *, workflow: str, request: dict[str, Any], node: str, job_id: str | None,
-    attempt_id: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """One attempt of a job on one node: the body every generation flow shares."""
+async def generate(*, workflow: str, request: dict[str, Any], node: str) -> Any:
+    """A pinned run started from Prefect: the job is recorded (owned by the `prefect` service
+    user, pinned to `node`, its id the run's id) and its one attempt runs here."""
     db = attempts.database(get_settings().database.url)
     wf = load_workflow(workflow)
     request = store_inputs(wf, {k: v for k, v in request.items() if v is not None})
     info = await asyncio.to_thread(
-        attempts.adopt_or_record, db, job_id=job_id, attempt_id=attempt_id, node=node,
+        attempts.adopt_or_record, db, job_id=_run_hex(), attempt_id=None, node=node,
         workflow=wf, request=request, flow_run_id=str(flow_run.id),
     )  # fmt: skip
-    if await asyncio.to_thread(attempts.cancel_requested, db, info):
-        await asyncio.to_thread(attempts.cancelled, db, info)
-        return {"job_id": info.job_id, "attempt_id": info.attempt_id, "cancelled": True}
+    work = Work(info.attempt_id, info.job_id, node, info.workflow, wf.capability, info.params,
+                0, fresh=True)  # fmt: skip
     try:
-        target = await resolve_node(info.node)
-        if info.workflow != wf.id:  # an attempt of a recorded job: its workflow is the store's
-            wf = load_workflow(info.workflow)
-        if refs := input_refs(wf, info.params):
-            await sync_inputs(target.url, refs)
-        rendered = wf.render(info.params, filename_prefix=f"comfyfleet/{info.job_id}")
-        await submit(target.url, rendered.graph, info.attempt_id)
-        if not await asyncio.to_thread(attempts.started, db, info):
-            # Ended while it was being submitted (moved off a failing node, cancelled, or
-            # re-attempted elsewhere): this prompt must not run as well.
-            async with ComfyUIClient(target.url) as client:
-                await _stop_prompt(client, info.attempt_id)
-            return _superseded(info, "the attempt was ended before its prompt started")
-        async with _lease(db, info):
-            seconds = await follow(target.url, info)
-            outputs = await collect_outputs(
-                target.url, info.attempt_id, info.job_id, info.node, rendered.output_nodes
-            )
-            # Publish before completing: the router frees the node's slot when the attempt
-            # completes, and the pool's slot frees when this run ends, so keep them close.
-            try:
-                await publish(info.job_id, info.node, info.workflow, rendered.params, outputs)
-            except Exception as exc:  # an artifact is for people; the job's result stands
-                get_run_logger().warning("could not publish the output artifact: %s", exc)
-        if not await asyncio.to_thread(attempts.completed, db, info, outputs, seconds):
-            shutil.rmtree(attempt_dir(info.job_id, info.attempt_id), ignore_errors=True)
-            return _superseded(info, "the job's live attempt is another one; outputs discarded")
-    except asyncio.CancelledError:
-        if await asyncio.to_thread(attempts.cancel_requested, db, info):
+        target = await resolve_node(node)
+    except NodeUnavailable as exc:
+        await asyncio.to_thread(attempts.node_fault, db, info, str(exc))
+        raise
+    async with _lease(db, info):
+        try:
+            result = await run_work(work, target.url, in_shift=False)
+        except asyncio.CancelledError:  # the run was cancelled (Prefect UI, or a job cancel)
+            await asyncio.shield(stop_prompt(target.url, info.attempt_id))
             await asyncio.shield(asyncio.to_thread(attempts.cancelled, db, info))
-        raise
-    except Exception as exc:
-        if is_node_fault(exc):
-            status = await asyncio.to_thread(attempts.node_fault, db, info, str(exc))
-            get_run_logger().warning("node %s failed the attempt (%s); job is %s",
-                                     info.node, exc, status)  # fmt: skip
-        else:
-            await asyncio.to_thread(attempts.failed, db, info, str(exc))
-        raise
-    return {
-        "job_id": info.job_id,
-        "attempt_id": info.attempt_id,
-        "node": info.node,
-        "workflow": info.workflow,
-        "params": rendered.params,
-        "gpu_seconds": seconds,
-        "outputs": [o.model_dump() for o in outputs],
-    }
-
-
-def _superseded(info: attempts.AttemptInfo, why: str) -> dict[str, Any]:
-    get_run_logger().warning("attempt %s of job %s on %s superseded: %s",
-                             info.attempt_id, info.job_id, info.node, why)  # fmt: skip
-    return {"job_id": info.job_id, "attempt_id": info.attempt_id, "superseded": why}
+            current = asyncio.current_task()
+            if current is None or current.uncancel() > 0:  # cancelled more than once: stopping
+                raise
+            # The worker cancels a run's task once; the run ends Cancelled, not Crashed.
+            return Cancelled(message="Cancelled by request; its prompt was interrupted.")
+    return result or {}
 
 
 async def run_job(
-    *, workflow: str, request: dict[str, Any], node: str | None, job_id: str | None,
-    attempt_id: str | None, priority: str,
-) -> dict[str, Any]:  # fmt: skip
-    """A generation flow's body: pinned to `node` (one attempt here), or routed (no node)."""
+    *, workflow: str, request: dict[str, Any], node: str | None, priority: str
+) -> Any:
+    """A generation flow's body: pinned to `node` (one job, run here), or routed (no node)."""
     if node is None:
         return await route(workflow=workflow, request=request, priority=priority)
-    return await generate(
-        workflow=workflow, request=request, node=node, job_id=job_id, attempt_id=attempt_id
-    )
+    return await generate(workflow=workflow, request=request, node=node)

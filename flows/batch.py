@@ -8,52 +8,44 @@ hidden.
 
     prefect deployment run 'batch/fleet' --params \
         '{"workflow": "sd15-basic", "items": [{"prompt": "a fox"}, {"prompt": "an owl"}]}'
-    prefect deployment run 'batch/fleet' -p workflow=sd15-basic -p file=/data/prompts.csv
+    prefect deployment run 'batch/fleet' -p workflow=sd15-basic -p file=prompts.csv
 
-Files: `.csv` (a header row names the parameters), `.jsonl` (one JSON object per line),
-`.yaml`/`.yml` (a list of mappings), `.txt` (one prompt per line). `defaults` apply to every item.
+`file` is a path inside `batch.files_dir` (default var/batch): `.csv` (a header row names the
+parameters), `.jsonl` (one JSON object per line), `.yaml`/`.yml` (a list of mappings), `.txt` (one
+prompt per line), read by comfyfleet.jobs.batch_files. `defaults` apply to every item. Jobs belong
+to the `prefect` service user unless `user` names one. prefect.yaml schedules it
+(`batch/nightly-example`).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import uuid
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from prefect import flow, task
 from prefect.artifacts import acreate_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
+from comfyfleet import jobs
+from comfyfleet.jobs.batch_files import read_items, resolve_file, typed_items
+from comfyfleet.settings import get_settings
 from flows._routing import follow_jobs, submit_jobs
-
-
-def read_items(path: Path) -> list[dict[str, Any]]:
-    """Parameter sets from a file (see the module docstring for the formats)."""
-    text = path.read_text()
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return [dict(row) for row in csv.DictReader(text.splitlines())]
-    if suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    if suffix in (".yaml", ".yml"):
-        items = yaml.safe_load(text) or []
-        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            raise ValueError(f"{path}: expected a YAML list of mappings")
-        return items
-    if suffix == ".txt":
-        return [{"prompt": line.strip()} for line in text.splitlines() if line.strip()]
-    raise ValueError(f"{path}: unsupported batch file type {suffix!r} (csv, jsonl, yaml, txt)")
 
 
 @task(name="load-items")
 def load_items(
-    items: list[dict[str, Any]] | None, file: str | None, defaults: dict[str, Any] | None
-) -> list[dict[str, Any]]:
-    loaded = list(items or []) + (read_items(Path(file)) if file else [])
+    workflow: str, items: list[dict[str, Any]] | None, file: str | None,
+    defaults: dict[str, Any] | None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    loaded = list(items or [])
+    if file:
+        path = resolve_file(file, files_dir=get_settings().batch.files_dir)
+        wf = jobs.load_catalog().get(workflow)
+        loaded += typed_items(
+            read_items(path), suffix=path.suffix,
+            parse=lambda name, text: wf.parse_params({name: text})[name],
+        )  # fmt: skip
     if not loaded:
         raise ValueError("a batch needs `items` or a `file` with at least one parameter set")
     return [{**(defaults or {}), **item} for item in loaded]
@@ -79,7 +71,7 @@ async def batch(
     timeout_s: float | None = None,
 ) -> Any:
     """Run one job per parameter set of `workflow` over the fleet and report them together."""
-    params = load_items(items, file, defaults)
+    params = load_items(workflow, items, file, defaults)
     batch_id = uuid.uuid4().hex
     job_ids = submit_jobs(workflow, params, priority=priority, username=user, batch_id=batch_id)
     results = await follow_jobs(job_ids, timeout_s=timeout_s)

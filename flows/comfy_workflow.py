@@ -18,8 +18,6 @@ async def comfy_workflow(
     workflow: str,
     node: str | None = None,
     params: dict[str, Any] | None = None,
-    job_id: str | None = None,
-    attempt_id: str | None = None,
     priority: Literal["high", "normal", "low"] = "normal",
 ) -> dict[str, Any]:
     """Run a catalog workflow with its parameters on one ComfyUI node."""
@@ -27,7 +25,5 @@ async def comfy_workflow(
         workflow=workflow,
         request=params or {},
         node=node,
-        job_id=job_id,
-        attempt_id=attempt_id,
         priority=priority,
     )

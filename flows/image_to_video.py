@@ -31,8 +31,6 @@ async def image_to_video(
     seed: int | None = None,
     checkpoint: str | None = None,
     workflow: str = "svd-basic",
-    job_id: str | None = None,
-    attempt_id: str | None = None,
     priority: Literal["high", "normal", "low"] = "normal",
 ) -> dict[str, Any]:
     """Animate a still image with an SVD workflow on one ComfyUI node."""
@@ -45,7 +43,5 @@ async def image_to_video(
         workflow=workflow,
         request=request,
         node=node,
-        job_id=job_id,
-        attempt_id=attempt_id,
         priority=priority,
     )

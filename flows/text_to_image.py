@@ -17,10 +17,8 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.runtime import flow_run
 
+from comfyfleet.fleet.generation import generation_flow
 from flows._tasks import run_job, run_name
-
-DEFAULT_WORKFLOW = {"text-to-image": "sd15-basic", "text-to-image-sdxl": "sdxl-basic"}
-"""The workflow a run uses when none is given, by flow name."""
 
 
 @flow(name="text-to-image", flow_run_name=run_name("t2i"))
@@ -38,8 +36,6 @@ async def text_to_image(
     batch_size: int | None = None,
     checkpoint: str | None = None,
     workflow: str | None = None,
-    job_id: str | None = None,
-    attempt_id: str | None = None,
     priority: Literal["high", "normal", "low"] = "normal",
 ) -> dict[str, Any]:
     """Generate images from a text prompt on one ComfyUI node (workflow: sd15-basic unless
@@ -50,10 +46,8 @@ async def text_to_image(
         checkpoint=checkpoint,
     )  # fmt: skip
     return await run_job(
-        workflow=workflow or DEFAULT_WORKFLOW[flow_run.flow_name],
+        workflow=workflow or generation_flow(flow_run.flow_name).default_workflow,
         request=request,
         node=node,
-        job_id=job_id,
-        attempt_id=attempt_id,
         priority=priority,
     )

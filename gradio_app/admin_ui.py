@@ -57,7 +57,7 @@ def build_admin(runner: Runner) -> tuple[Any, Any]:
     fleet = runner.gateway.fleet
 
     async def nodes(request: gr.Request) -> list[list[Any]]:
-        runner.admin(request)
+        await runner.admin(request)
         return [
             [
                 n.id,
@@ -76,7 +76,7 @@ def build_admin(runner: Runner) -> tuple[Any, Any]:
         ]
 
     async def act(action: str, node_id: str, request: gr.Request) -> list[list[Any]]:
-        runner.admin(request)
+        await runner.admin(request)
         if not node_id:
             raise gr.Error("Give a node id.")
         try:
@@ -94,20 +94,20 @@ def build_admin(runner: Runner) -> tuple[Any, Any]:
         return await nodes(request)
 
     async def add(node_id: str, url: str, capacity: float, request: gr.Request) -> list[list[Any]]:
-        runner.admin(request)
+        await runner.admin(request)
         try:
             await fleet.add_node(NodeConfig(id=node_id, url=url, capacity=int(capacity)))
         except (Conflict, ValueError) as exc:
             raise gr.Error(str(exc).splitlines()[0]) from None
         return await nodes(request)
 
-    def backlog(request: gr.Request) -> list[list[Any]]:
-        runner.admin(request)
-        rows = runner.db.run(backlog_counts, readonly=True)
+    async def backlog(request: gr.Request) -> list[list[Any]]:
+        await runner.admin(request)
+        rows = await runner.run(backlog_counts, readonly=True)
         return [[cap, priority_name(level), n] for cap, level, n in rows]
 
-    def users(request: gr.Request) -> tuple[list[list[Any]], list[list[Any]]]:
-        runner.admin(request)
+    async def users(request: gr.Request) -> tuple[list[list[Any]], list[list[Any]]]:
+        await runner.admin(request)
 
         def read(session: Any) -> tuple[list[list[Any]], list[list[Any]]]:
             people = list_users(session)
@@ -127,14 +127,14 @@ def build_admin(runner: Runner) -> tuple[Any, Any]:
             ]
             return user_rows, client_rows
 
-        return runner.db.run(read, readonly=True)
+        return await runner.run(read, readonly=True)
 
-    def create_user(
+    async def create_user(
         username: str, password: str, admin: bool, request: gr.Request
     ) -> tuple[list[list[Any]], list[list[Any]]]:
-        actor = runner.admin(request)
+        actor = await runner.admin(request)
         try:
-            runner.db.run(
+            await runner.run(
                 lambda s: identity.create_user(
                     s,
                     username=username,
@@ -146,21 +146,23 @@ def build_admin(runner: Runner) -> tuple[Any, Any]:
         except (InvalidInput, Conflict) as exc:
             raise gr.Error(str(exc)) from None
         gr.Info(f"user {username} created")
-        return users(request)
+        return await users(request)
 
-    def revoke(client_id: str, request: gr.Request) -> tuple[list[list[Any]], list[list[Any]]]:
-        actor = runner.admin(request)
-        if not runner.db.run(
+    async def revoke(
+        client_id: str, request: gr.Request
+    ) -> tuple[list[list[Any]], list[list[Any]]]:
+        actor = await runner.admin(request)
+        if not await runner.run(
             lambda s: identity.revoke_client(
                 s, client_id=client_id.strip(), actor=s.merge(actor.user, load=False)
             )
         ):
             raise gr.Error(f"No active client {client_id!r}.")
-        return users(request)
+        return await users(request)
 
-    def stats(hours: float, request: gr.Request) -> tuple[Any, Any, Any, Any]:
-        runner.admin(request)
-        data = runner.db.run(lambda s: fleet_stats(s, int(hours)), readonly=True)
+    async def stats(hours: float, request: gr.Request) -> tuple[Any, Any, Any, Any]:
+        await runner.admin(request)
+        data = await runner.run(lambda s: fleet_stats(s, int(hours)), readonly=True)
         per_hour = pd.DataFrame(
             [
                 {"hour": r["hour"][11:16], "jobs": r[k], "kind": k}

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from comfyfleet import auth as identity
-from comfyfleet.join import joined_record, revoke_join_token
+from comfyfleet.fleet.join import joined_record
 from comfyfleet.store import Conflict, InvalidInput, NotFound, list_tokens, utcnow
 from gradio_app.runner import Runner
 
@@ -19,33 +19,28 @@ def build_join_tokens(runner: Runner) -> None:
     """The Join tokens sub-tab (call inside a `gr.Tab`)."""
 
     async def tokens(request: gr.Request) -> list[list[Any]]:
-        runner.admin(request)
+        await runner.admin(request)
         used: dict[int, list[str]] = {}
         for node in await runner.gateway.fleet.list_nodes():
             record = joined_record(node.metadata)
             if record is not None:
                 used.setdefault(record.token_id, []).append(node.id)
         now = utcnow()
-
-        def state(t: Any) -> str:
-            if t.revoked_at is not None:
-                return "revoked"
-            return "expired" if t.expires_at is not None and t.expires_at <= now else "active"
-
-        rows = runner.db.run(
+        rows = await runner.run(
             lambda s: list_tokens(s, kind="join", include_revoked=True), readonly=True
         )
         return [
-            [t.id, t.note, state(t), t.created_at.strftime("%Y-%m-%d %H:%M"),
+            [t.id, t.note, identity.join_token_state(t, now=now),
+             t.created_at.strftime("%Y-%m-%d %H:%M"),
              t.expires_at.strftime("%Y-%m-%d %H:%M") if t.expires_at else "",
              ", ".join(sorted(used.get(t.id, [])))]
             for t in rows
         ]  # fmt: skip
 
     async def create(ttl: float, note: str, request: gr.Request) -> tuple[str, list[list[Any]]]:
-        actor = runner.admin(request)
+        actor = await runner.admin(request)
         try:
-            issued = runner.db.run(
+            issued = await runner.run(
                 lambda s: identity.issue_join_token(
                     s, created_by=s.merge(actor.user, load=False), ttl_minutes=int(ttl or 0),
                     note=(note or "").strip()[:255], actor=s.merge(actor.user, load=False),
@@ -61,12 +56,12 @@ def build_join_tokens(runner: Runner) -> None:
         return shown, await tokens(request)
 
     async def revoke(token_id: float | None, request: gr.Request) -> list[list[Any]]:
-        actor = runner.admin(request)
+        actor = await runner.admin(request)
         if not token_id:
             raise gr.Error("Give the id of the join token to revoke.")
         try:
-            runner.db.run(
-                lambda s: revoke_join_token(
+            await runner.run(
+                lambda s: identity.revoke_join_token(
                     s, token_id=int(token_id), actor=s.merge(actor.user, load=False)
                 )
             )

@@ -1,12 +1,19 @@
 """The Gradio UI: `build_app(settings) -> gr.Blocks`.
 
-Tabs: Text to image (SD1.5), SDXL, Image to video, Batch, My history, and Admin (shown to admins
-only; every admin action checks the role again on the server). Each generation shows a live
-progress bar driven by the job's real ComfyUI steps and the node it runs on, then the result.
+Tabs: Text to image (SD1.5), SDXL, Image to video, Workflow (any catalog workflow, parameters
+as JSON), Batch, My history (re-run, download; admins may show everyone's), and Admin (shown to
+admins only; every admin action checks the role again on the server). Each generation shows, in
+its result area, the job's position and the fleet's free slots while it waits, then a live
+progress bar driven by the job's real ComfyUI steps and the sampler's previews, then the result;
+its Cancel button cancels the job (interrupted on its node if it runs).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +21,68 @@ import gradio as gr
 
 from comfyfleet.api.deps import Gateway
 from comfyfleet.settings import Settings
-from comfyfleet.store import list_jobs
+from comfyfleet.store import list_jobs, list_users
 from gradio_app.admin_ui import build_admin
 from gradio_app.runner import Runner
 
-HISTORY_COLUMNS = ["id", "workflow", "status", "node", "created", "prompt", "error"]
+HISTORY_COLUMNS = ["id", "owner", "workflow", "status", "node", "created", "prompt", "error"]
 TITLE = "ComfyFleet"
+MAX_ACTIVE_EVENTS = 1000
+"""Events Gradio runs at once across everyone (its default, 40, would queue the 41st person
+behind the others; waiting on a job costs the web process almost nothing)."""
 
 
 def _gateway(settings: Settings) -> Gateway:
     from comfyfleet.api import create_app, gateway_of
 
     return gateway_of(create_app(settings))
+
+
+class _Result:
+    """A result area: the image (previews while sampling, then the result), a status line, a
+    Cancel button, and the id of the job this tab is watching."""
+
+    def __init__(self, *, label: str = "Result") -> None:
+        self.image = gr.Image(label=label, type="filepath", interactive=False, height=420)
+        self.info = gr.Markdown(elem_classes=["job-info"])
+        self.cancel = gr.Button("Cancel", variant="stop", size="sm")
+        self.job = gr.State("")
+
+    @property
+    def outputs(self) -> list[Any]:
+        return [self.image, self.info, self.job]
+
+    def wire(self, runner: Runner, button: Any, fn: Any, inputs: list[Any], api_name: str) -> None:
+        button.click(
+            fn, inputs, self.outputs, api_name=api_name, concurrency_limit=None,
+            show_progress_on=[self.image],  # the status line stays readable meanwhile
+        )  # fmt: skip
+        self.wire_cancel(runner)
+
+    def wire_cancel(self, runner: Runner) -> None:
+        async def cancel(job_id: str, request: gr.Request) -> str:
+            if not job_id:
+                raise gr.Error("No job of this tab is waiting or running.")
+            job = await runner.cancel(job_id, await runner.principal(request))
+            return f"Job `{job.id}` · cancelling…" if not job.is_terminal else runner.summary(job)
+
+        self.cancel.click(cancel, [self.job], [self.info], concurrency_limit=None)
+
+
+async def _run_job(
+    runner: Runner, request: gr.Request, progress: gr.Progress, workflow: str,
+    params: dict[str, Any], **kw: Any,
+) -> AsyncIterator[tuple[Any, str, str]]:  # fmt: skip
+    """Submit and watch a job for a `_Result` area: (image, status line, job id) as it goes."""
+    principal = await runner.principal(request)
+    job = await runner.submit(principal, workflow, params, **kw)
+    yield None, f"Job `{job.id}` · {job.workflow} · queued", job.id
+    async for seen in runner.watch(job, principal, progress):
+        job = seen.job
+        yield (seen.preview if seen.preview else gr.skip()), seen.text, job.id
+    runner.ended(job)
+    files = await runner.files(job) if job.status == "completed" else []
+    yield (files[0] if files else None), runner.summary(job), ""
 
 
 def _text_tab(runner: Runner, workflow: str, *, size: int) -> None:
@@ -45,8 +102,7 @@ def _text_tab(runner: Runner, workflow: str, *, size: int) -> None:
             priority = gr.Radio(["high", "normal", "low"], value="normal", label="Priority")
             button = gr.Button("Generate", variant="primary")
         with gr.Column():
-            image = gr.Image(label="Result", type="filepath", interactive=False, height=420)
-            info = gr.Markdown()
+            result = _Result()
 
     async def generate(
         prompt_: str,
@@ -58,10 +114,9 @@ def _text_tab(runner: Runner, workflow: str, *, size: int) -> None:
         priority_: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's idiom)
-    ) -> tuple[str | None, str]:
+    ) -> AsyncIterator[tuple[Any, str, str]]:
         if not (prompt_ or "").strip():
             raise gr.Error("Write a prompt first.")
-        principal = runner.principal(request)
         params: dict[str, Any] = {
             "prompt": prompt_,
             "negative_prompt": negative_ or None,
@@ -71,17 +126,62 @@ def _text_tab(runner: Runner, workflow: str, *, size: int) -> None:
             "seed": int(seed_),
         }
         params = {k: v for k, v in params.items() if v is not None}
-        job = runner.submit(principal, workflow, params, priority=priority_)
-        job = await runner.follow(job, principal, progress)
-        files = runner.files(job)
-        return (files[0] if files else None), runner.summary(job)
+        async for shown in _run_job(
+            runner, request, progress, workflow, params, priority=priority_
+        ):
+            yield shown
 
-    button.click(
+    result.wire(
+        runner,
+        button,
         generate,
         [prompt, negative, width, height, steps, seed, priority],
-        [image, info],
         api_name=f"generate_{workflow.replace('-', '_')}",
     )
+
+
+def _workflow_tab(runner: Runner) -> None:
+    """Any catalog workflow with its parameters as JSON (the contract names and checks them)."""
+    ids = sorted(runner.gateway.catalog.ids())
+    with gr.Row():
+        with gr.Column():
+            workflow = gr.Dropdown(ids, value=ids[0] if ids else None, label="Workflow")
+            schema = gr.Markdown()
+            params = gr.Textbox(label="Parameters (JSON)", lines=4, value="{}")
+            priority = gr.Radio(["high", "normal", "low"], value="normal", label="Priority")
+            button = gr.Button("Run", variant="primary")
+        with gr.Column():
+            result = _Result()
+
+    def describe(workflow_: str) -> str:
+        wf = runner.gateway.catalog.get(workflow_)
+        lines = [f"**{wf.id}** ({wf.capability})", ""]
+        for name, spec in wf.parameters.items():
+            lines.append(f"- `{name}`: {spec.type}, default `{wf.defaults.get(name)}`")
+        return "\n".join(lines)
+
+    async def run(
+        workflow_: str,
+        params_: str,
+        priority_: str,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's idiom)
+    ) -> AsyncIterator[tuple[Any, str, str]]:
+        if not workflow_:
+            raise gr.Error("workflow: pick one.")
+        try:
+            values = json.loads(params_ or "{}")
+        except ValueError as exc:
+            raise gr.Error(f"parameters: not JSON ({exc})") from None
+        if not isinstance(values, dict):
+            raise gr.Error('parameters: give a JSON object, e.g. {"seed": 1}')
+        async for shown in _run_job(
+            runner, request, progress, workflow_, values, priority=priority_
+        ):
+            yield shown
+
+    workflow.change(describe, [workflow], [schema])
+    result.wire(runner, button, run, [workflow, params, priority], api_name="run_workflow")
 
 
 def _video_tab(runner: Runner) -> None:
@@ -94,11 +194,8 @@ def _video_tab(runner: Runner) -> None:
                 fps = gr.Number(label="FPS", value=defaults.get("fps") or 6, precision=0)
             button = gr.Button("Animate", variant="primary")
         with gr.Column():
-            video = gr.Image(
-                label="Video (animated WEBP)", type="filepath", interactive=False, height=420
-            )
+            result = _Result(label="Video (animated WEBP)")
             file = gr.File(label="Download")
-            info = gr.Markdown()
 
     async def animate(
         path: str | None,
@@ -106,23 +203,29 @@ def _video_tab(runner: Runner) -> None:
         fps_: float,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's idiom)
-    ) -> tuple[Any, Any, str]:
+    ) -> AsyncIterator[tuple[Any, str, str, Any]]:
         if not path:
             raise gr.Error("Upload an image first.")
-        principal = runner.principal(request)
         from comfyfleet.api.images import store_image
 
         try:
-            stored = store_image(runner.gateway.inputs, Path(path).read_bytes())
+            data = await asyncio.to_thread(Path(path).read_bytes)
+            stored = await asyncio.to_thread(store_image, runner.gateway.inputs, data)
         except Exception as exc:  # ApiError with a message for people
             raise gr.Error(getattr(exc, "message", str(exc))) from None
         params = {"image": stored.ref, "frames": int(frames_), "fps": int(fps_)}
-        job = runner.submit(principal, "svd-basic", params)
-        job = await runner.follow(job, principal, progress)
-        files = runner.files(job)
-        return (files[0] if files else None), files, runner.summary(job)
+        async for image, text, job_id in _run_job(runner, request, progress, "svd-basic", params):
+            yield image, text, job_id, ([image] if image and not job_id else gr.skip())
 
-    button.click(animate, [source, frames, fps], [video, file, info], api_name="animate")
+    button.click(
+        animate,
+        [source, frames, fps],
+        [*result.outputs, file],
+        api_name="animate",
+        concurrency_limit=None,
+        show_progress_on=[result.image],
+    )
+    result.wire_cancel(runner)
 
 
 def _batch_tab(runner: Runner) -> None:
@@ -147,68 +250,78 @@ def _batch_tab(runner: Runner) -> None:
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's idiom)
     ) -> tuple[list[str], str]:
-        import asyncio
-        import uuid
-
         lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
         if path:
-            lines += [
-                ln.strip()
-                for ln in Path(path).read_text(errors="replace").splitlines()
-                if ln.strip()
-            ]
+            content = await asyncio.to_thread(Path(path).read_text, errors="replace")
+            lines += [ln.strip() for ln in content.splitlines() if ln.strip()]
         if not lines:
             raise gr.Error("Give at least one prompt.")
         if len(lines) > 100:
             raise gr.Error("At most 100 prompts per batch.")
-        principal = runner.principal(request)
+        principal = await runner.principal(request)
         batch_id = uuid.uuid4().hex
         submitted = [
-            runner.submit(principal, workflow_, {"prompt": p}, batch_id=batch_id) for p in lines
+            await runner.submit(principal, workflow_, {"prompt": p}, batch_id=batch_id)
+            for p in lines
         ]
         done, failed, files = 0, 0, []
         pending = {job.id for job in submitted}
-        from comfyfleet import jobs as jobs_api
-
         while pending:
             progress((done + failed, len(submitted)), desc="jobs finished", unit="job")
             await asyncio.sleep(0.5)
             for job_id in list(pending):
-                job = await asyncio.to_thread(jobs_api.get, runner.db, job_id, principal=principal)
+                job = await runner.get(job_id, principal)
                 if job.is_terminal:
                     pending.discard(job_id)
                     if job.status == "completed":
                         done += 1
-                        files += runner.files(job)
+                        files += await runner.files(job)
                     else:
                         failed += 1
         return files, f"Batch `{batch_id}`: {done} completed, {failed} failed or cancelled."
 
-    button.click(run_batch, [prompts, upload, workflow], [gallery, info], api_name="batch")
+    button.click(
+        run_batch, [prompts, upload, workflow], [gallery, info], api_name="batch",
+        concurrency_limit=None,
+    )  # fmt: skip
 
 
-def _history_tab(runner: Runner) -> tuple[Any, list[Any]]:
+def _history_tab(runner: Runner) -> tuple[Any, list[Any], Any]:
     with gr.Row():
+        everyone = gr.Checkbox(label="Everyone's jobs (admins)", value=False, visible=False)
         refresh = gr.Button("Refresh")
         job_id = gr.Textbox(label="Selected job", interactive=False)
         rerun = gr.Button("Re-run with the same parameters")
-    table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, wrap=True)
+    table = gr.Dataframe(
+        headers=HISTORY_COLUMNS, interactive=False, wrap=True, elem_id="history-table"
+    )
     with gr.Row():
         gallery = gr.Gallery(label="Recent images", columns=6)
         files = gr.File(label="Download the selected job's files", file_count="multiple")
-    info = gr.Markdown()
+    with gr.Row():
+        again_image = gr.Image(
+            label="Re-run", type="filepath", interactive=False, height=320, elem_id="rerun-image"
+        )
+        info = gr.Markdown(elem_classes=["job-info"], elem_id="rerun-info")
+    again_job = gr.State("")
 
-    def load(request: gr.Request) -> tuple[list[list[Any]], list[str]]:
-        principal = runner.principal(request)
-        rows = runner.db.run(
-            lambda s: list_jobs(s, owner_id=principal.user_id, limit=50, with_details=True),
+    async def load(all_users: bool, request: gr.Request) -> tuple[list[list[Any]], list[str], Any]:
+        principal = await runner.principal(request)
+        all_users = bool(all_users) and principal.is_admin
+        owner_id = None if all_users else principal.user_id
+        found = await runner.run(
+            lambda s: list_jobs(s, owner_id=owner_id, limit=50, with_details=True),
             readonly=True,
         )
+        names = await runner.run(
+            lambda s: {u.id: u.username for u in list_users(s)}, readonly=True
+        ) if all_users else {principal.user_id: principal.username}  # fmt: skip
         table_rows, images = [], []
-        for job in rows:
+        for job in found:
             table_rows.append(
                 [
                     job.id,
+                    names.get(job.owner_id, "?"),
                     job.workflow,
                     job.status,
                     job.node or "",
@@ -218,41 +331,44 @@ def _history_tab(runner: Runner) -> tuple[Any, list[Any]]:
                 ]
             )
             if job.status == "completed" and len(images) < 24:
-                images += [f for f in runner.files(job) if f.endswith((".png", ".jpg", ".webp"))]
-        return table_rows, images
+                images += [
+                    f for f in await runner.files(job) if f.endswith((".png", ".jpg", ".webp"))
+                ]
+        return table_rows, images, gr.Checkbox(visible=principal.is_admin)
 
-    def select(evt: gr.SelectData, request: gr.Request) -> tuple[str, list[str]]:
-        from comfyfleet import jobs as jobs_api
-
+    async def select(evt: gr.SelectData, table_: Any, request: gr.Request) -> tuple[str, list[str]]:
         row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
-        rows, _ = load(request)
-        chosen = rows[row][0]
-        job = jobs_api.get(runner.db, chosen, principal=runner.principal(request))
-        return chosen, runner.files(job)
+        values = table_.values.tolist() if hasattr(table_, "values") else table_
+        chosen = str(values[row][0])
+        job = await runner.get(chosen, await runner.principal(request))
+        return chosen, await runner.files(job)
 
     async def again(
         chosen: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's idiom)
-    ) -> tuple[list[str], str]:
-        from comfyfleet import jobs as jobs_api
-
+    ) -> AsyncIterator[tuple[Any, str, str]]:
         if not chosen:
             raise gr.Error("Select a job in the table first.")
-        principal = runner.principal(request)
-        old = jobs_api.get(runner.db, chosen, principal=principal)
-        job = runner.submit(principal, old.workflow, dict(old.request))
-        job = await runner.follow(job, principal, progress)
-        return runner.files(job), runner.summary(job)
+        old = await runner.get(chosen, await runner.principal(request))
+        async for shown in _run_job(runner, request, progress, old.workflow, dict(old.request)):
+            yield shown
 
-    refresh.click(load, None, [table, gallery])
-    table.select(select, None, [job_id, files])
-    rerun.click(again, [job_id], [files, info])
-    return load, [table, gallery]
+    refresh.click(load, [everyone], [table, gallery, everyone], concurrency_limit=None)
+    everyone.change(load, [everyone], [table, gallery, everyone], concurrency_limit=None)
+    table.select(select, [table], [job_id, files], concurrency_limit=None)
+    rerun.click(
+        again, [job_id], [again_image, info, again_job], concurrency_limit=None,
+        show_progress_on=[again_image],
+    )  # fmt: skip
+    return load, [table, gallery, everyone], everyone
 
 
 def build_app(settings: Settings, *, gateway: Gateway | None = None) -> gr.Blocks:
-    """The UI over a gateway's shared objects (the web process passes its own)."""
+    """The UI over a gateway's shared objects (the web process passes its own).
+
+    Many people use one web process at once: no listener is limited to one run at a time
+    (Gradio's default); a job waits on the fleet, never on another person's job."""
     runner = Runner(gateway or _gateway(settings))
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         demo.runner = runner  # type: ignore[attr-defined]
@@ -266,21 +382,25 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> gr.Block
             _text_tab(runner, "sdxl-basic", size=1024)
         with gr.Tab("Image to video", id="i2v"):
             _video_tab(runner)
+        with gr.Tab("Workflow", id="workflow"):
+            _workflow_tab(runner)
         with gr.Tab("Batch", id="batch"):
             _batch_tab(runner)
         with gr.Tab("My history", id="history") as history:
-            load_history, history_outputs = _history_tab(runner)
+            load_history, history_outputs, everyone = _history_tab(runner)
         with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
             load_nodes, nodes_table = build_admin(runner)
 
-        def whoami(request: gr.Request) -> tuple[str, Any]:
-            principal = runner.principal(request)
+        async def whoami(request: gr.Request) -> tuple[str, Any]:
+            principal = await runner.principal(request)
             role = " (admin)" if principal.is_admin else ""
             return f"Logged in as **{principal.username}**{role}", gr.Tab(
                 visible=principal.is_admin
             )
 
-        demo.load(whoami, None, [who, admin_tab])
-        history.select(load_history, None, history_outputs)
-        admin_tab.select(load_nodes, None, [nodes_table])
+        demo.load(whoami, None, [who, admin_tab], concurrency_limit=None)
+        history.select(load_history, [everyone], history_outputs, concurrency_limit=None)
+        admin_tab.select(load_nodes, None, [nodes_table], concurrency_limit=None)
+    demo.max_threads = MAX_ACTIVE_EVENTS
+    demo.queue(default_concurrency_limit=None)
     return demo

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.db",
     "tests.fixtures.chaos",
     "tests.fixtures.gateway",
+    "tests.fixtures.web",
 ]

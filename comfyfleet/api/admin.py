@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 
 from comfyfleet.api.deps import AdminUser, GatewayDep
 from comfyfleet.api.errors import ERROR_RESPONSES, ErrorBody
@@ -19,6 +18,7 @@ from comfyfleet.api.schemas import (
     BacklogRow,
     Body,
     Int,
+    Name,
     NodeCreate,
     NodePerformance,
     RollupOut,
@@ -34,7 +34,7 @@ from comfyfleet.store import (
     priority_name,
     utcnow,
 )
-from comfyfleet.store.models import Attempt, Job
+from comfyfleet.store.stats import attempt_counts, job_status_counts, job_times
 
 router = APIRouter(tags=["admin"], responses=ERROR_RESPONSES)
 _CONFLICT = {409: {"model": ErrorBody, "description": "Exists already / still busy."}}
@@ -98,11 +98,7 @@ def backlog(gateway: GatewayDep, admin: AdminUser) -> list[BacklogRow]:
 
 def node_performance(session: Any) -> list[NodePerformance]:
     stats: dict[str, dict[str, Any]] = {}
-    for node, status, count, seconds in session.execute(
-        select(Attempt.node, Attempt.status, func.count(), func.sum(Attempt.gpu_seconds)).group_by(
-            Attempt.node, Attempt.status
-        )
-    ):
+    for node, status, count, seconds in attempt_counts(session):
         row = stats.setdefault(
             node,
             {
@@ -114,8 +110,8 @@ def node_performance(session: Any) -> list[NodePerformance]:
                 "gpu_seconds": 0.0,
             },
         )
-        row["attempts"] += int(count)
-        row["gpu_seconds"] += float(seconds or 0.0)
+        row["attempts"] += count
+        row["gpu_seconds"] += seconds
         key = {"completed": "completed", "failed": "failed", "node_fault": "node_faults"}.get(
             status
         )
@@ -147,15 +143,8 @@ def _mean(values: list[float]) -> float | None:
 def task_performance(session: Any, hours: int) -> list[TaskPerformance]:
     since = utcnow() - timedelta(hours=hours)
     by_wf: dict[str, dict[str, Any]] = {}
-    for workflow, status, created, dispatched, started, finished in session.execute(
-        select(
-            Job.workflow,
-            Job.status,
-            Job.created_at,
-            Job.dispatched_at,
-            Job.started_at,
-            Job.finished_at,
-        ).where(Job.created_at >= since)
+    for _, workflow, status, created, dispatched, started, finished in job_times(
+        session, created_since=since
     ):
         row = by_wf.setdefault(workflow, {"by_status": {}, "wait": [], "run": []})
         row["by_status"][status] = row["by_status"].get(status, 0) + 1
@@ -188,11 +177,7 @@ def fleet_stats(session: Any, hours: int) -> StatsOut:
     since = utcnow() - timedelta(hours=hours)
     buckets: dict[str, dict[str, Any]] = {}
     waits: dict[str, list[float]] = {}
-    for workflow, status, created, dispatched in session.execute(
-        select(Job.workflow, Job.status, Job.created_at, Job.dispatched_at).where(
-            Job.created_at >= since
-        )
-    ):
+    for _, workflow, status, created, dispatched, _, _ in job_times(session, created_since=since):
         hour = created.replace(minute=0, second=0, microsecond=0).isoformat()
         row = buckets.setdefault(
             hour, {"hour": hour, "submitted": 0, "completed": 0, "failed": 0, "cancelled": 0}
@@ -247,7 +232,7 @@ class LegacyNodeRegister(Body):
     host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.\-]+$")
     port: Int = Field(default=8188, ge=1, le=65535)
     max_concurrent: Int = Field(default=2, ge=1, le=64)
-    capabilities: list[str] | None = None
+    capabilities: list[Name] | None = Field(default=None, max_length=32)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -295,11 +280,7 @@ async def legacy_node_health(node_id: str, gateway: GatewayDep, admin: AdminUser
 async def cluster_stats(gateway: GatewayDep, admin: AdminUser) -> ClusterStats:
     nodes = await gateway.fleet.list_nodes()
 
-    def counts(session: Any) -> dict[str, int]:
-        rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
-        return {status: int(n) for status, n in rows}
-
-    by_status = await asyncio.to_thread(gateway.db.run, counts, readonly=True)
+    by_status = await asyncio.to_thread(gateway.db.run, job_status_counts, readonly=True)
     return ClusterStats(
         nodes=len(nodes),
         nodes_up=sum(1 for n in nodes if n.state in ("up", "draining")),

@@ -142,6 +142,7 @@ def revoke_client(client_id: str, db: DbDep, admin: AdminUser) -> Response:
 class JoinTokenRequest(Body):
     ttl_minutes: Int = Field(default=60, ge=1, le=7 * 24 * 60)
     note: str = Field(default="", max_length=255)
+    single_use: bool = Field(default=False, description="Only the first join may use it.")
 
 
 @router.post("/api/v2/admin/tokens/join", response_model=JoinTokenOut, status_code=201)
@@ -151,10 +152,19 @@ def create_join_token(body: JoinTokenRequest, db: DbDep, admin: AdminUser) -> Jo
     def run(session: Any) -> JoinTokenOut:
         actor = session.merge(admin.user, load=False)
         issued = identity.issue_join_token(
-            session, created_by=actor, ttl_minutes=body.ttl_minutes, note=body.note, actor=actor
+            session,
+            created_by=actor,
+            ttl_minutes=body.ttl_minutes,
+            note=body.note,
+            single_use=body.single_use,
+            actor=actor,
         )
         return JoinTokenOut(
-            token=issued.token, id=issued.id, note=body.note, expires_at=issued.expires_at
+            token=issued.token,
+            id=issued.id,
+            note=body.note,
+            expires_at=issued.expires_at,
+            single_use=body.single_use,
         )
 
     return db.run(run)

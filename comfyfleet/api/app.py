@@ -2,16 +2,17 @@
 
 REST under /api/v2 (and the old service's paths), OpenAPI at /docs, /api/health, /metrics, SSE.
 The web process (`python -m gradio_app`) builds this app and mounts the Gradio UI at `/`; tests
-build it directly. Request bodies are limited (`UPLOAD_LIMIT` on routes that take images,
-`BODY_LIMIT` elsewhere) before they are read; CORS allows only `gateway.cors_origins`.
+build it directly. Request bodies are limited (`UPLOAD_LIMIT` on the routes that take images,
+`BODY_LIMIT`, 1 MB, on every other one) before they are read; CORS allows only
+`gateway.cors_origins`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI
@@ -24,6 +25,7 @@ from comfyfleet.api import (
     admin,
     admin_users,
     auth,
+    batches,
     errors,
     events,
     files,
@@ -33,18 +35,35 @@ from comfyfleet.api import (
     tasks,
 )
 from comfyfleet.api.deps import Gateway
+from comfyfleet.api.errors import send_error
 from comfyfleet.api.fleet import FleetAdmin, StaticFleet, node_metrics
+from comfyfleet.api.headers import SecurityHeaders
+from comfyfleet.api.metrics import LoopLag, build_registry
 from comfyfleet.api.progress import ProgressHub
-from comfyfleet.inputs import InputStore
+from comfyfleet.api.queue import QueueView
+from comfyfleet.api.throttle import ThrottleLogins
+from comfyfleet.auth.throttle import LoginThrottle
 from comfyfleet.jobs import load_catalog
-from comfyfleet.metrics import build_registry
+from comfyfleet.jobs.inputs import InputStore
+from comfyfleet.jobs.webhooks import DEFAULT_SCHEDULE_S
+from comfyfleet.logs import redact_logs
 from comfyfleet.settings import Settings, get_settings
 from comfyfleet.store import Database
-from comfyfleet.webhooks import DEFAULT_SCHEDULE_S
 
+IO_THREADS = 64
+"""Threads for the blocking calls of request and UI handlers (each mostly waits on I/O)."""
 BODY_LIMIT = 1024 * 1024
 UPLOAD_LIMIT = 32 * 1024 * 1024
-_UPLOAD_PREFIXES = ("/api/v2/tasks", "/api/v2/inputs")
+_UPLOAD_PATHS = frozenset(
+    {
+        "/api/v2/tasks",  # params may carry an image in base64
+        "/api/v2/tasks/batch",
+        "/api/v2/tasks/image-to-video",
+        "/api/v2/tasks/image-to-video/upload",
+        "/api/v2/inputs",
+    }
+)
+"""Routes that accept an image in the body; every other JSON route takes at most `BODY_LIMIT`."""
 _LIMITED_PREFIXES = ("/api/", "/admin/", "/nodes", "/cluster")
 
 DESCRIPTION = """Run ComfyUI jobs on a fleet of ComfyUI nodes.
@@ -60,6 +79,7 @@ Errors are JSON: `{"error", "message", "field", "errors"}`.
 ROUTERS = (
     auth.router,
     tasks.router,
+    batches.router,
     generate.router,
     events.router,
     files.router,
@@ -88,7 +108,7 @@ class BodyLimit:
     def _limit_for(self, path: str) -> int | None:
         if not path.startswith(_LIMITED_PREFIXES):
             return None  # the Gradio app enforces its own (max_file_size)
-        return self.upload_limit if path.startswith(_UPLOAD_PREFIXES) else self.limit
+        return self.upload_limit if path.rstrip("/") in _UPLOAD_PATHS else self.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -128,25 +148,10 @@ class BodyLimit:
 
     @staticmethod
     async def _reject(send: Send, limit: int) -> None:
-        body = json.dumps(
-            {
-                "error": "too_large",
-                "field": "body",
-                "message": f"request body larger than {limit} bytes",
-                "errors": [{"field": "body", "message": f"at most {limit} bytes"}],
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(
+            send, 413, "too_large", f"request body larger than {limit} bytes", field="body",
+            errors=[{"field": "body", "message": f"at most {limit} bytes"}],
+        )  # fmt: skip
 
 
 class _TooLarge(Exception):
@@ -164,22 +169,35 @@ def create_app(
     settings = settings or get_settings()
     db = db or Database.from_settings(settings)
     fleet = fleet or StaticFleet(settings, db)
+    loop_lag = LoopLag()
+    catalog = load_catalog(settings)
     gateway = Gateway(
         settings=settings,
         db=db,
-        catalog=load_catalog(settings),
+        catalog=catalog,
         fleet=fleet,
         inputs=InputStore(settings.store.inputs_dir),
         hub=ProgressHub(settings.prefect.api_url),
         registry=build_registry(
-            db, node_source=lambda: [node_metrics(n) for n in fleet.snapshot()]
+            db, node_source=lambda: [node_metrics(n) for n in fleet.snapshot()], loop_lag=loop_lag
         ),
         webhook_schedule=tuple(webhook_schedule),
+        throttle=LoginThrottle(settings.auth.login_rate),
+        queue=QueueView(db, fleet.snapshot, capabilities=catalog.capabilities),
+        loop_lag=loop_lag,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Database calls, password hashes and file copies run in threads (`asyncio.to_thread`);
+        # the default pool (CPU count + 4 threads) would queue people behind a slow write.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="gateway-io")
+        )
+        loop_lag.start()
+        gateway.hub.start()  # its Prefect subscription now, not in the first person's request
         yield
+        await loop_lag.stop()
         await gateway.hub.close()
         pending = list(gateway.background)
         for task in pending:
@@ -207,6 +225,9 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
         )
     app.add_middleware(BodyLimit)
+    app.add_middleware(ThrottleLogins, throttle=gateway.throttle)
+    app.add_middleware(SecurityHeaders)
+    redact_logs()  # no token in the access log (SSE and downloads take ?access_token=)
     return app
 
 

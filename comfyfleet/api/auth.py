@@ -30,13 +30,20 @@ from comfyfleet.api.schemas import (
     TokenOut,
     WebhookSecretOut,
 )
+from comfyfleet.jobs.webhooks import new_secret, rotate_secret
 from comfyfleet.store import ApiClient, utcnow
 from comfyfleet.store import users as rows
 from comfyfleet.store.webhooks import client_scope, store_secret, user_scope
-from comfyfleet.webhooks import new_secret, rotate_secret
 
 router = APIRouter(tags=["auth"])
-_BAD_LOGIN = {401: {"model": ErrorBody, "description": "Wrong credentials."}}
+_BAD_LOGIN = {
+    401: {"model": ErrorBody, "description": "Wrong credentials."},
+    429: {
+        "model": ErrorBody,
+        "description": "Too many failed logins from this address or for this account "
+        "(`auth.login_rate`); `Retry-After` says when to try again.",
+    },
+}
 
 
 def _token_out(
@@ -57,14 +64,15 @@ def _token_out(
 
 def _login(gateway: Any, body: LoginRequest, *, admin_only: bool) -> TokenOut:
     ttl = gateway.settings.auth.token_ttl_minutes
+    user = identity.check_login(gateway.db, username=body.username, password=body.password)
+    if user is None:
+        raise ApiError(401, "unauthorized", "wrong username or password", field="password")
+    if admin_only and not user.is_admin:
+        raise ApiError(403, "forbidden", f"{user.username} is not an admin")
 
     def run(session: Any) -> TokenOut:
-        user = identity.authenticate_user(session, username=body.username, password=body.password)
-        if user is None:
-            raise ApiError(401, "unauthorized", "wrong username or password", field="password")
-        if admin_only and not user.is_admin:
-            raise ApiError(403, "forbidden", f"{user.username} is not an admin")
-        issued = identity.issue_token(session, principal=user, ttl_minutes=ttl, note="login")
+        principal = session.merge(user, load=False)
+        issued = identity.issue_token(session, principal=principal, ttl_minutes=ttl, note="login")
         return _token_out(issued, username=user.username, is_admin=user.is_admin)
 
     return gateway.db.run(run)
@@ -75,9 +83,9 @@ def _login(gateway: Any, body: LoginRequest, *, admin_only: bool) -> TokenOut:
     response_model=TokenOut,
     responses={**_BAD_LOGIN, 422: ERROR_RESPONSES[422]},
 )
-def login(body: LoginRequest, gateway: GatewayDep) -> TokenOut:
+async def login(body: LoginRequest, gateway: GatewayDep) -> TokenOut:
     """Log a user in: a bearer token for the REST API and the CLI."""
-    return _login(gateway, body, admin_only=False)
+    return await identity.run_hashing(_login, gateway, body, admin_only=False)
 
 
 @router.post(
@@ -85,9 +93,9 @@ def login(body: LoginRequest, gateway: GatewayDep) -> TokenOut:
     response_model=TokenOut,
     responses={**_BAD_LOGIN, 403: ERROR_RESPONSES[403], 422: ERROR_RESPONSES[422]},
 )
-def admin_login(body: LoginRequest, gateway: GatewayDep) -> TokenOut:
+async def admin_login(body: LoginRequest, gateway: GatewayDep) -> TokenOut:
     """Admin login (the old service's path): a bearer token, for admins only."""
-    return _login(gateway, body, admin_only=True)
+    return await identity.run_hashing(_login, gateway, body, admin_only=True)
 
 
 def _client_out(client: ApiClient, owner: str | None) -> dict[str, Any]:
@@ -149,7 +157,7 @@ def register_client(
     response_model=TokenOut,
     responses={**_BAD_LOGIN, 422: ERROR_RESPONSES[422]},
 )
-def client_token(body: ClientTokenRequest, gateway: GatewayDep) -> TokenOut:
+async def client_token(body: ClientTokenRequest, gateway: GatewayDep) -> TokenOut:
     """A bearer token for an API client (client credentials)."""
     ttl = gateway.settings.auth.token_ttl_minutes
 
@@ -170,7 +178,7 @@ def client_token(body: ClientTokenRequest, gateway: GatewayDep) -> TokenOut:
             issued, username=owner.username, is_admin=owner.is_admin, client_id=client.id
         )
 
-    return gateway.db.run(run)
+    return await identity.run_hashing(gateway.db.run, run)
 
 
 @router.get("/api/v2/auth/me", response_model=MeOut, responses={401: ERROR_RESPONSES[401]})

@@ -2,7 +2,7 @@
 
 `CurrentUser` (any valid bearer token: a user's or an API client's, acting as its owner),
 `AdminUser` (401 without a token, 403 for non-admins), `SessionDep` (one transaction per
-request), `GatewayDep` (settings, database, catalog, fleet, input store, progress hub).
+request), `GatewayDep` (settings, database, catalog, fleet, input store, progress hub, queue view).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from sqlalchemy.orm import Session
 from comfyfleet.api.errors import ApiError
 from comfyfleet.api.fleet import FleetAdmin
 from comfyfleet.auth import Principal, authenticate_token
+from comfyfleet.auth.throttle import LoginThrottle
 from comfyfleet.catalog import Catalog
-from comfyfleet.inputs import InputStore
+from comfyfleet.jobs.inputs import InputStore
+from comfyfleet.jobs.webhook_targets import WebhookPolicy
 from comfyfleet.settings import Settings
 from comfyfleet.store import Database
 
@@ -36,7 +38,10 @@ class Gateway:
     hub: Any  # comfyfleet.api.progress.ProgressHub
     registry: Any  # prometheus CollectorRegistry
     webhook_schedule: tuple[float, ...]
+    throttle: LoginThrottle
     background: set[Any] = field(default_factory=set)
+    queue: Any = None  # comfyfleet.api.queue.QueueView: positions and free slots
+    loop_lag: Any = None  # comfyfleet.api.metrics.LoopLag of the serving process
 
     def spawn(self, coro: Any) -> None:
         """Run a coroutine in the background, keeping a reference until it ends."""
@@ -45,6 +50,12 @@ class Gateway:
         task = asyncio.get_running_loop().create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+    def webhook_policy(self) -> WebhookPolicy:
+        """Where webhooks may go: the settings' policy, refusing every node the fleet knows
+        now too. Blocking (it resolves the fleet's host names)."""
+        urls = [node.url for node in self.fleet.snapshot()]
+        return WebhookPolicy.from_settings(self.settings, node_urls=urls)
 
 
 def get_gateway(request: Request) -> Gateway:

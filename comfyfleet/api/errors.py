@@ -23,9 +23,9 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from comfyfleet.catalog import ParamError, UnknownWorkflowError
-from comfyfleet.inputs import InputError
+from comfyfleet.jobs.inputs import InputError
+from comfyfleet.jobs.webhooks import WebhookError
 from comfyfleet.store import Conflict, InvalidInput, NotFound, QuotaExceeded
-from comfyfleet.webhooks import WebhookError
 
 log = logging.getLogger(__name__)
 
@@ -211,3 +211,22 @@ def install(app: FastAPI, *, allowed_methods: Callable[[str], list[str]] | None 
         return error_response(
             500, "internal_error", "internal error; the gateway log has the details"
         )
+
+
+async def send_error(
+    send: Any, status: int, error: str, message: str, *, field: str | None = None,
+    errors: list[dict[str, Any]] | None = None, headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:  # fmt: skip
+    """An error answer in the gateway's JSON shape, sent from ASGI middleware (before any route
+    runs)."""
+    import json
+
+    body = json.dumps(
+        {"error": error, "field": field, "message": message, "errors": errors or []}
+    ).encode()
+    await send({
+        "type": "http.response.start", "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()), *(headers or [])],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})

@@ -4,7 +4,10 @@ A (re)connecting client first gets the current state (`status` with the full job
 - `progress` `{value, max, node}`: live step progress from the Prefect events of the job
   (`comfy.progress` on `comfy.job.<id>`), and from the job row when that moves on its own;
 - `status` (job JSON) whenever status or node changes (read from the job store);
-- `preview` and other `comfy.*` events the flows emit for the job, passed through by name;
+- `preview` `{job_id, image}` (a `data:image/jpeg;base64,…` URL, at most 256 px): the latest
+  sampler preview while the job runs (comfyfleet.jobs.previews; read from the output store at
+  each poll, so at most 2 a second);
+- other `comfy.*` events the flows emit for the job, passed through by name;
 - at the end: `outputs` `{outputs: [...]}` (completed) or `error` `{error}` (failed), then
   `end` `{status}`, and the stream closes.
 Event ids count up within a stream; keep-alive comments are sent while nothing happens.
@@ -24,6 +27,7 @@ from comfyfleet.api.deps import CurrentUserOrQuery, GatewayDep
 from comfyfleet.api.errors import ERROR_RESPONSES
 from comfyfleet.api.progress import JobEvent
 from comfyfleet.api.tasks import output_url_for
+from comfyfleet.jobs.previews import read_preview
 from comfyfleet.store import TERMINAL_JOB_STATUSES
 from comfyfleet.store.models import Job
 
@@ -71,6 +75,8 @@ async def follow_job(
         yield stream.event("status", jobs.as_json(job, output_url=url))
         last_status, last_node = job.status, job.node
         last_progress = _progress(job)
+        last_preview: int | None = None
+        outputs_dir = gateway.settings.store.outputs_dir
         loop = asyncio.get_running_loop()
         next_poll = loop.time() + poll_s
         while job.status not in TERMINAL_JOB_STATUSES:
@@ -95,6 +101,13 @@ async def follow_job(
             if job.status != last_status or job.node != last_node:
                 last_status, last_node = job.status, job.node
                 yield stream.event("status", jobs.as_json(job, output_url=url))
+            if job.status == "running":
+                preview = await asyncio.to_thread(
+                    read_preview, job.id, outputs_dir=outputs_dir, newer_than=last_preview
+                )
+                if preview is not None:
+                    last_preview = preview.seq
+                    yield stream.event("preview", {"job_id": job.id, "image": preview.data_url()})
             progress = _progress(job)
             if _newer(progress, last_progress):
                 last_progress = progress

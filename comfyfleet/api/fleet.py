@@ -11,59 +11,24 @@ state (circuit, quarantine, models) through `set_state`.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-import httpx
 from pydantic import BaseModel, Field, model_validator
 
-from comfyfleet.join import RECORD_KEY, joined_record
-from comfyfleet.metrics import NodeMetrics
+from comfyfleet.api.metrics import NodeMetrics
+from comfyfleet.comfyui import ComfyUIClient
+from comfyfleet.fleet.join import RECORD_KEY, JoinedInfo, joined_record
+from comfyfleet.fleet.state import NodeState
 from comfyfleet.settings import NodeConfig, Settings
 from comfyfleet.store import Database, NotFound, live_attempts_by_node
 from comfyfleet.store.errors import Conflict
 from comfyfleet.store.types import utcnow
 
-NodeState = Literal["up", "down", "draining", "disabled", "unknown"]
-Circuit = Literal["closed", "open", "half_open", "quarantined"]
 
+class NodeInfo(NodeState):
+    """A node with its configuration and live state (REST `GET /api/v2/admin/nodes`): the
+    fleet's `NodeState`, with how the node joined when it joined by itself."""
 
-class JoinedInfo(BaseModel):
-    """How a node joined the fleet by itself (`comfyfleet node join`)."""
-
-    via: str = Field(description="`join-token`.")
-    token_id: int = Field(description="The join token it used (last join).")
-    token_note: str = ""
-    joined_at: datetime = Field(description="First join.")
-    updated_at: datetime = Field(description="Last join (a re-join updates the node).")
-    address: str | None = Field(default=None, description="Where the join request came from.")
-
-
-class NodeInfo(BaseModel):
-    """A node with its configuration and live state (REST `GET /api/v2/admin/nodes`)."""
-
-    id: str
-    url: str
-    capacity: int
-    capabilities: list[str]
-    weight: float = 1.0
-    priority: int = 0
-    enabled: bool = True
-    draining: bool = False
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    state: NodeState = "unknown"
-    circuit: Circuit = "closed"
-    in_flight: int = 0
-    queue_depth: int | None = None
-    load: float = 0.0
-    models: dict[str, list[str]] | None = None
-    last_error: str | None = None
-    last_seen: datetime | None = None
-    healthy: bool | None = None
-    paused: bool | None = None
-    last_checkpoint: str | None = None
-    faults_last_hour: int = 0
-    stale: bool = False
     joined: JoinedInfo | None = Field(
         default=None, description="Set when the node joined by itself; None: an admin added it."
     )
@@ -72,7 +37,7 @@ class NodeInfo(BaseModel):
     @classmethod
     def _joined_from_metadata(cls, data: Any) -> Any:
         if isinstance(data, BaseModel) and not isinstance(data, NodeInfo):
-            data = data.model_dump()  # e.g. comfyfleet.fleet.registry.NodeState
+            data = data.model_dump()  # a NodeState
         if isinstance(data, dict) and data.get("joined") is None:
             metadata = data.get("metadata") or {}
             record = joined_record(metadata) if RECORD_KEY in metadata else None
@@ -95,7 +60,7 @@ def node_metrics(node: Any) -> NodeMetrics:
 
 class FleetAdmin(Protocol):
     """Node list and administration. Methods may return `NodeInfo` or any model with its
-    fields (e.g. `comfyfleet.fleet.registry.NodeState`); the routes serialize them as NodeInfo."""
+    fields (e.g. `comfyfleet.fleet.state.NodeState`); the routes serialize them as NodeInfo."""
 
     async def list_nodes(self) -> list[Any]: ...
     async def get_node(self, node_id: str) -> Any: ...
@@ -108,16 +73,11 @@ class FleetAdmin(Protocol):
 
 
 async def probe(url: str, *, timeout_s: float = 2.0) -> tuple[bool, int | None, str | None]:
-    """(answers, queue depth, error) of a ComfyUI node, quickly."""
+    """(answers, queue depth, error) of a ComfyUI node, quickly (`ComfyUIClient.probe`)."""
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as client:
-            stats = await client.get("/system_stats")
-            stats.raise_for_status()
-            queue = await client.get("/queue")
-            queue.raise_for_status()
-            data = queue.json()
-            depth = len(data.get("queue_running", [])) + len(data.get("queue_pending", []))
-            return True, depth, None
+        async with ComfyUIClient(url, timeout=timeout_s) as client:
+            found = await client.probe()
+        return True, found.queue_depth, None
     except Exception as exc:  # any failure to answer (bad URL, refused, junk) = down
         return False, None, f"{type(exc).__name__}: {exc}"[:300]
 
@@ -134,16 +94,7 @@ class StaticFleet:
 
     @staticmethod
     def _info(node: NodeConfig) -> NodeInfo:
-        return NodeInfo(
-            id=node.id,
-            url=node.url,
-            capacity=node.capacity,
-            capabilities=list(node.capabilities),
-            weight=node.weight,
-            priority=node.priority,
-            enabled=node.enabled,
-            metadata=dict(node.metadata),
-        )
+        return NodeInfo.model_validate(node.model_dump())
 
     def set_state(self, node_id: str, **state: Any) -> None:
         """Let a monitor in this process publish state (circuit, models, last_error, …)."""

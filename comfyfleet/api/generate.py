@@ -9,6 +9,7 @@ frames for image-to-video, `image_path` as the old name of its input image. They
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
@@ -129,7 +130,16 @@ def _video_params(body: ImageToVideoRequest) -> dict[str, Any]:
                 field="duration",
             )
         fps = body.fps if body.fps is not None else 6
-        frames = round(body.duration * fps)
+        product = body.duration * fps
+        if not math.isfinite(product):
+            raise ApiError(
+                422,
+                "invalid_parameter",
+                f"duration: duration x fps ({body.duration:g} x {fps}) is not a finite "
+                "number of frames",
+                field="duration",
+            )
+        frames = round(product)
         if frames < 1:
             raise ApiError(
                 422,

@@ -8,12 +8,12 @@ import asyncio
 
 import httpx
 from fastapi import APIRouter, Response
-from sqlalchemy import text
 
 from comfyfleet import __version__
 from comfyfleet.api.deps import GatewayDep
+from comfyfleet.api.metrics import CONTENT_TYPE, render
 from comfyfleet.api.schemas import HealthOut
-from comfyfleet.metrics import CONTENT_TYPE, render
+from comfyfleet.store import ping
 
 router = APIRouter(tags=["health"])
 
@@ -37,9 +37,7 @@ async def _prefect_state(api_url: str | None) -> str:
 async def health(gateway: GatewayDep, response: Response) -> HealthOut:
     """Liveness and dependencies: database, Prefect server, node states."""
     try:
-        await asyncio.to_thread(
-            gateway.db.run, lambda s: s.execute(text("SELECT 1")), readonly=True, retry_for_s=0
-        )
+        await asyncio.to_thread(gateway.db.run, ping, readonly=True, retry_for_s=0)
         database = "ok"
     except Exception as exc:  # any failure means "not ok"; the message says which
         database = f"error ({type(exc).__name__})"

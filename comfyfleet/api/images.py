@@ -19,7 +19,7 @@ import re
 from urllib.parse import unquote, urlparse
 
 from comfyfleet.api.errors import ApiError
-from comfyfleet.inputs import REF_PREFIX, InputError, InputStore, StoredInput
+from comfyfleet.jobs.inputs import REF_PREFIX, InputError, InputStore, StoredInput
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 64 * 1024 * 1024
@@ -121,13 +121,9 @@ def resolve_image(store: InputStore, value: object, *, field: str = "image") -> 
     value = value.strip()
     if value.startswith(REF_PREFIX):
         return existing_ref(store, value[len(REF_PREFIX) :], field=field)
-    if value.startswith("data:"):
-        header, _, encoded = value.partition(",")
-        if ";base64" not in header or not encoded:
-            raise ApiError(
-                422, "invalid_image", f"{field}: a data: URL must be base64-encoded", field=field
-            )
-        return store_image(store, _b64(encoded, field), field=field).ref
+    inline = inline_image(value, field=field)
+    if inline is not None:
+        return store_image(store, inline, field=field).ref
     if value.startswith(("http://", "https://", "/")):
         path = urlparse(value).path if "://" in value else value.split("?", 1)[0]
         if path.startswith(INPUTS_PATH):
@@ -139,15 +135,29 @@ def resolve_image(store: InputStore, value: object, *, field: str = "image") -> 
             "upload the image or send it in base64",
             field=field,
         )
-    if len(value) < 64:
-        raise ApiError(
-            422,
-            "invalid_image",
-            f"{field}: {value!r} is not an input ref, a gateway input URL or a base64 image "
-            "(server file paths are not accepted)",
-            field=field,
-        )
-    return store_image(store, _b64(value, field), field=field).ref
+    raise ApiError(
+        422,
+        "invalid_image",
+        f"{field}: {value!r} is not an input ref, a gateway input URL or a base64 image "
+        "(server file paths are not accepted)",
+        field=field,
+    )
+
+
+def inline_image(value: str, *, field: str = "image") -> bytes | None:
+    """The bytes of an image given inline (a base64 `data:` URL, or bare base64); None for a
+    ref, a URL or a path."""
+    value = value.strip()
+    if value.startswith("data:"):
+        header, _, encoded = value.partition(",")
+        if ";base64" not in header or not encoded:
+            raise ApiError(
+                422, "invalid_image", f"{field}: a data: URL must be base64-encoded", field=field
+            )
+        return _b64(encoded, field)
+    if value.startswith((REF_PREFIX, "http://", "https://", "/")) or len(value) < 64:
+        return None
+    return _b64(value, field)
 
 
 def _b64(text: str, field: str) -> bytes:

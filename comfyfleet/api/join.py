@@ -1,5 +1,5 @@
-"""Node self-join over REST (comfyfleet.join): a GPU host joins with a join token and leaves with
-the node key it got; admins list and revoke join tokens (created in `admin_users`).
+"""Node self-join over REST (comfyfleet.fleet.join): a GPU host joins with a join token and
+leaves with the node key it got; admins list and revoke join tokens (created in `admin_users`).
 
     POST   /api/v2/nodes/join                   Bearer cfj_… (join token)
     POST   /api/v2/nodes/{node_id}/leave         Bearer cfn_… (the node key) or an admin token
@@ -27,13 +27,12 @@ from comfyfleet import auth as identity
 from comfyfleet.api.deps import AdminUser, DbDep, GatewayDep
 from comfyfleet.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from comfyfleet.api.fleet import NodeInfo
-from comfyfleet.api.schemas import Body, Int
-from comfyfleet.join import (
+from comfyfleet.api.schemas import Body, Int, Name
+from comfyfleet.auth import JoinRefused, JoinTokenState, check_join_token, join_token_state
+from comfyfleet.fleet.join import (
     NODE_KEY_PREFIX,
     RECORD_KEY,
-    JoinRefused,
     NodeUnreachable,
-    check_join_token,
     check_metadata,
     check_url,
     gpu_model,
@@ -43,7 +42,6 @@ from comfyfleet.join import (
     node_key_matches,
     probe_comfyui,
 )
-from comfyfleet.join import revoke_join_token as revoke_join
 from comfyfleet.settings import NodeConfig
 from comfyfleet.store import Conflict, NotFound, audit, list_tokens, list_users, utcnow
 from comfyfleet.store.models import Token
@@ -70,12 +68,18 @@ class JoinRequest(Body):
     )
     url: str = Field(max_length=2048, description="Where the control plane reaches this ComfyUI.")
     capacity: Int | None = Field(default=None, ge=1, le=64, description="Jobs in flight (2).")
-    capabilities: list[str] | None = Field(
+    capabilities: list[Name] | None = Field(
         default=None, max_length=32, description="Generation types (default: the bundled four)."
     )
     metadata: dict[str, Any] | None = Field(
         default=None,
         description="Facts about the node; `gpu` is read from its /system_stats when not given.",
+    )
+    node_key: str | None = Field(
+        default=None,
+        max_length=200,
+        description="To re-join a name that exists: that node's key (`cfn_…`, from its last "
+        "join) or an admin's bearer token (`cfb_…`).",
     )
 
 
@@ -89,6 +93,11 @@ class JoinOut(BaseModel):
 
 _JOIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": JoinOut, "description": "The node had joined before: updated."},
+    401: {
+        "model": ErrorBody,
+        "description": "No valid join token, or a name in use without its node key.",
+    },
+    403: {"model": ErrorBody, "description": "`node_key` is a non-admin's bearer token."},
     409: {"model": ErrorBody, "description": "The name belongs to a node an admin added."},
     422: {"model": ErrorBody, "description": "Invalid input, or the URL does not answer."},
 }
@@ -104,7 +113,7 @@ class LeaveOut(BaseModel):
 class JoinTokenInfo(BaseModel):
     id: int
     note: str
-    state: Literal["active", "expired", "revoked"]
+    state: JoinTokenState
     created_at: datetime
     created_by: str | None = None
     expires_at: datetime | None = None
@@ -166,6 +175,8 @@ async def join_node(
             f"node {body.name!r} exists and did not join by itself (an admin or the config "
             "added it): choose another name, or ask an admin to remove that node first"
         )
+    if previous is not None:
+        await _may_rejoin(gateway, body.name, previous, body.node_key)
     try:
         stats = await probe_comfyui(url)
     except NodeUnreachable as exc:
@@ -193,6 +204,12 @@ async def join_node(
     if body.capabilities:
         fields["capabilities"] = list(dict.fromkeys(body.capabilities))
     config = NodeConfig(**fields)
+    try:
+        await asyncio.to_thread(
+            gateway.db.run, lambda s: identity.use_join_token(s, token=row, node=body.name)
+        )
+    except JoinRefused as exc:
+        raise _refused(f"join refused: {exc}") from None
     if existing is None:
         node = await gateway.fleet.add_node(config)
     else:
@@ -214,6 +231,35 @@ async def join_node(
         message += f" (it is disabled: an admin runs `comfyfleet nodes enable {body.name}`)"
     info = NodeInfo.model_validate(node.model_dump())  # the fleet may answer a NodeState
     return JoinOut(node=info, created=created, pool=pool, node_key=key, message=message)
+
+
+async def _may_rejoin(gateway: Any, name: str, previous: Any, credential: str | None) -> None:
+    """A join token alone does not take over a name in use: the caller proves it is that node
+    (its key) or an admin (a bearer token); 401/403 otherwise, naming `node_key`."""
+    if credential and node_key_matches(previous, credential):
+        return
+    if credential and credential.startswith(identity.BEARER_PREFIX):
+        principal = await asyncio.to_thread(
+            gateway.db.run,
+            lambda s: identity.authenticate_token(s, token=credential),
+            readonly=True,
+        )
+        if principal is not None and principal.is_admin:
+            return
+        if principal is not None:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"node_key: {principal.username} is not an admin",
+                field="node_key",
+            )
+    raise ApiError(
+        401,
+        "join_refused",
+        f"node_key: node {name!r} exists; re-joining it needs its node key (cfn_…, kept by "
+        "`comfyfleet node join` on its host) or an admin's token",
+        field="node_key",
+    )
 
 
 @router.post(
@@ -274,14 +320,6 @@ async def leave_node(
 # -- admin: join tokens -------------------------------------------------------------------------
 
 
-def _token_state(row: Token, now: datetime) -> Literal["active", "expired", "revoked"]:
-    if row.revoked_at is not None:
-        return "revoked"
-    if row.expires_at is not None and row.expires_at <= now:
-        return "expired"
-    return "active"
-
-
 @router.get("/api/v2/admin/tokens/join", response_model=list[JoinTokenInfo], tags=["admin"])
 async def list_join_tokens(gateway: GatewayDep, admin: AdminUser) -> list[JoinTokenInfo]:
     """Every join token (never the token itself) and the nodes that joined with it."""
@@ -300,7 +338,7 @@ async def list_join_tokens(gateway: GatewayDep, admin: AdminUser) -> list[JoinTo
     now = utcnow()
     return [
         JoinTokenInfo(
-            id=t.id, note=t.note, state=_token_state(t, now), created_at=t.created_at,
+            id=t.id, note=t.note, state=join_token_state(t, now=now), created_at=t.created_at,
             created_by=by, expires_at=t.expires_at, revoked_at=t.revoked_at,
             nodes=sorted(used.get(t.id, [])),
         )
@@ -313,7 +351,9 @@ def revoke_join_token(token_id: int, db: DbDep, admin: AdminUser) -> Response:
     """Revoke a join token: no new node joins with it; nodes that joined stay."""
 
     def run(session: Session) -> None:
-        revoke_join(session, token_id=token_id, actor=session.merge(admin.user, load=False))
+        identity.revoke_join_token(
+            session, token_id=token_id, actor=session.merge(admin.user, load=False)
+        )
 
     db.run(run)
     return Response(status_code=204)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -90,6 +91,10 @@ class ProgressHub:
         for sub in list(self._subs.get(event.job_id, ())):
             sub.offer(event)
 
+    def start(self) -> None:
+        """Connect now (the gateway does at startup) rather than with the first subscriber."""
+        self._ensure_started()
+
     def _ensure_started(self) -> None:
         if self.api_url and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -118,6 +123,8 @@ class ProgressHub:
             delay = min(delay * 2, 10.0)
 
     async def _listen(self) -> None:
+        # imported in a thread: a first import takes long enough to stall the loop
+        await asyncio.to_thread(importlib.import_module, "prefect.events.clients")
         from prefect.events.clients import PrefectEventSubscriber
         from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 
 Priority = Literal["high", "normal", "low"]
 JobStatusName = Literal["queued", "dispatched", "running", "completed", "failed", "cancelled"]
@@ -26,10 +26,15 @@ Int = Annotated[int, Strict(False), BeforeValidator(_json_number)]
 Float = Annotated[float, Strict(False), BeforeValidator(_json_number)]
 
 
-class Body(BaseModel):
-    """Base of request bodies: strict JSON types (`0` is not `false`, `"5"` is not `5`)."""
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+"""A short identifier in a request (a capability, …)."""
 
-    model_config = ConfigDict(strict=True)
+
+class Body(BaseModel):
+    """Base of request bodies: strict JSON types (`0` is not `false`, `"5"` is not `5`), finite
+    numbers only (`NaN` and `Infinity` are refused)."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
 
 
 MAX_IMAGE_FIELD = 30 * 1024 * 1024  # a base64 image of ~22 MB
@@ -88,6 +93,14 @@ class JobOut(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     batch_id: str | None = None
     cancel_requested: bool = False
+    position: int | None = Field(
+        default=None,
+        description="While queued: how many queued jobs the dispatcher would place before this "
+        "one (priorities, aging and fair share as they stand now). Set by GET /api/v2/tasks/{id}.",
+    )
+    free_slots: int | None = Field(
+        default=None, description="While queued: the fleet's free slots now."
+    )
 
 
 class SubmittedJob(JobOut):
@@ -141,6 +154,34 @@ class BatchRequest(_Common):
     workflow: str = Field(default="sd15-basic", max_length=128)
     prompts: list[str] = Field(min_length=1, max_length=100)
     params: dict[str, Any] = Field(default_factory=dict)
+
+
+MAX_BATCH_ITEMS = 1000
+
+
+class BatchCreate(_Common):
+    """A batch: one job of `workflow` per item (a parameter set), `defaults` under each item.
+
+    The shape of a batch file (comfyfleet.jobs.batch_files) sent as JSON: `comfyfleet batch
+    submit FILE` reads the file and posts its items here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: str = Field(max_length=128, description="Catalog workflow id, e.g. sd15-basic.")
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters every item has unless it sets them."
+    )
+
+
+class BatchStatusOut(BaseModel):
+    """A batch as its owner sees it: how many of its jobs are in each status, and the jobs."""
+
+    batch_id: str
+    total: int
+    counts: dict[str, int] = Field(description="Jobs per status (only the statuses present).")
+    done: bool = Field(description="Every job ended (completed, failed or cancelled).")
+    jobs: list[JobOut]
 
 
 class TextToImageRequest(_Common):
@@ -288,7 +329,7 @@ class NodeCreate(Body):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     url: str = Field(max_length=500, pattern=URL_PATTERN)
     capacity: Int = Field(default=2, ge=1, le=64)
-    capabilities: list[str] | None = None
+    capabilities: list[Name] | None = Field(default=None, max_length=32)
     weight: Float = Field(default=1.0, gt=0, le=1000)
     priority: Int = Field(default=0, ge=-1000, le=1000)
     enabled: bool = True
@@ -339,6 +380,7 @@ class JoinTokenOut(BaseModel):
     id: int | None = Field(default=None, description="Revoke it by this id.")
     note: str = ""
     expires_at: datetime | None = None
+    single_use: bool = False
 
 
 class HealthOut(BaseModel):

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request, Response
 from comfyfleet import jobs
 from comfyfleet.api.deps import CurrentUser, Gateway, GatewayDep
 from comfyfleet.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
-from comfyfleet.api.images import resolve_image
+from comfyfleet.api.images import inline_image, resolve_image
 from comfyfleet.api.schemas import (
     BatchOut,
     BatchRequest,
@@ -31,9 +31,9 @@ from comfyfleet.api.schemas import (
 )
 from comfyfleet.auth import Principal
 from comfyfleet.catalog import ParamError, UnknownWorkflowError, Workflow
+from comfyfleet.jobs.webhooks import deliver_job_event, ensure_secret, scope_of, validate_url
 from comfyfleet.store import TERMINAL_JOB_STATUSES, count_jobs, list_jobs
 from comfyfleet.store.models import Job
-from comfyfleet.webhooks import deliver_job_event, ensure_secret, scope_of, validate_url
 
 router = APIRouter(tags=["tasks"], responses=ERROR_RESPONSES)
 
@@ -97,11 +97,33 @@ def find_workflow(
 
 
 def resolve_images(gateway: Gateway, workflow: Workflow, params: dict[str, Any]) -> dict:
+    """Image parameters → input refs; an image given inline is checked against the workflow
+    (one frame where it loads one, the output-pixel ceiling) before anything is stored."""
     out = dict(params)
     for name, spec in workflow.parameters.items():
         if spec.type == "image" and out.get(name) is not None:
+            if isinstance(out[name], str) and (data := inline_image(out[name], field=name)):
+                jobs.check_image(workflow, name, params, data)
             out[name] = resolve_image(gateway.inputs, out[name], field=name)
     return out
+
+
+async def queue_batch(
+    gateway: Gateway, principal: Principal, request: Request, workflow: Workflow,
+    items: list[dict[str, Any]], body: Any,
+) -> BatchOut:  # fmt: skip
+    """Queue one job per (validated) parameter set under one new batch id; `body` gives the
+    priority, webhook and pinned node they share."""
+    batch_id = uuid.uuid4().hex
+    out = []
+    for params in items:
+        job, secret = await asyncio.to_thread(
+            submit_job, gateway, principal, workflow, params, priority=body.priority,
+            webhook_url=body.webhook_url, pinned_node=body.pinned_node, batch_id=batch_id,
+        )  # fmt: skip
+        data = jobs.as_json(job, output_url=output_url_for(request))
+        out.append(SubmittedJob(**data, task_id=job.id, webhook_secret=secret))
+    return BatchOut(batch_id=batch_id, jobs=out)
 
 
 def submit_job(
@@ -117,7 +139,7 @@ def submit_job(
 ) -> tuple[Job, str | None]:
     """Validate, store input images, queue; (job, webhook secret if created now)."""
     if webhook_url is not None:
-        validate_url(webhook_url)
+        validate_url(webhook_url, policy=gateway.webhook_policy())
     params = resolve_images(gateway, workflow, params)
     request = jobs.JobRequest(
         workflow=workflow.id,
@@ -150,10 +172,10 @@ async def respond(
         while job.status not in TERMINAL_JOB_STATUSES and loop.time() < deadline:
             await asyncio.sleep(min(0.25, max(deadline - loop.time(), 0.01)))
             job = await asyncio.to_thread(jobs.get, gateway.db, job.id, principal=principal)
-    full = await asyncio.to_thread(jobs.get, gateway.db, job.id, principal=principal)
-    response.status_code = 200 if full.status in TERMINAL_JOB_STATUSES and wait else 202
-    body = jobs.as_json(full, output_url=output_url_for(request))
-    return SubmittedJob(**body, task_id=full.id, webhook_secret=secret)
+    # The job as accepted, or as the last look saw it: nothing more to read back.
+    response.status_code = 200 if job.status in TERMINAL_JOB_STATUSES and wait else 202
+    body = jobs.as_json(job, output_url=output_url_for(request))
+    return SubmittedJob(**body, task_id=job.id, webhook_secret=secret)
 
 
 @router.post(
@@ -213,23 +235,8 @@ async def submit_batch(
                 f"prompts[{i}]: {exc}",
                 field=f"prompts[{i}]" if exc.param == "prompt" else exc.param,
             ) from None
-    batch_id = uuid.uuid4().hex
-    out = []
-    for prompt in body.prompts:
-        job, secret = await asyncio.to_thread(
-            submit_job,
-            gateway,
-            principal,
-            workflow,
-            {**body.params, "prompt": prompt},
-            priority=body.priority,
-            webhook_url=body.webhook_url,
-            pinned_node=body.pinned_node,
-            batch_id=batch_id,
-        )
-        data = jobs.as_json(job, output_url=output_url_for(request))
-        out.append(SubmittedJob(**data, task_id=job.id, webhook_secret=secret))
-    return BatchOut(batch_id=batch_id, jobs=out)
+    items = [{**body.params, "prompt": prompt} for prompt in body.prompts]
+    return await queue_batch(gateway, principal, request, workflow, items, body)
 
 
 @router.get("/api/v2/tasks", response_model=JobPage)
@@ -269,8 +276,13 @@ def list_tasks(
 
 @router.get("/api/v2/tasks/{job_id}", response_model=JobOut)
 def get_task(job_id: str, gateway: GatewayDep, principal: CurrentUser, request: Request) -> JobOut:
-    """A job: status, progress, node, attempts, outputs (yours, or any for admins)."""
-    return job_out(jobs.get(gateway.db, job_id, principal=principal), request)
+    """A job: status, progress, node, attempts, outputs (yours, or any for admins); while it is
+    queued, its position in the backlog and the fleet's free slots."""
+    out = job_out(jobs.get(gateway.db, job_id, principal=principal), request)
+    if out.status == "queued" and gateway.queue is not None:
+        queue = gateway.queue.snapshot()
+        out.position, out.free_slots = queue.position(out.id), queue.free_slots
+    return out
 
 
 @router.delete(
@@ -287,12 +299,14 @@ async def cancel_task(
         raise ApiError(409, "conflict", f"job {job_id} has already {job.status}", field="job_id")
     job = await asyncio.to_thread(jobs.cancel, gateway.db, job_id, principal=principal)
     if job.status == "cancelled" and job.webhook_url:
+        policy = await asyncio.to_thread(gateway.webhook_policy)
         gateway.spawn(
             deliver_job_event(
                 job.id,
                 db=gateway.db,
                 schedule=gateway.webhook_schedule,
                 base_url=str(request.base_url),
+                policy=policy,
             )
         )
     return job_out(job, request)

@@ -74,7 +74,7 @@ the value and the allowed range or choices).
 from comfyfleet.catalog.catalog import Catalog
 from comfyfleet.catalog.errors import CatalogError, ParamError, UnknownWorkflowError
 from comfyfleet.catalog.legacy import LegacyImport, import_legacy
-from comfyfleet.catalog.live import InputInfo, input_info
+from comfyfleet.catalog.live import InputInfo, NodeFacts, fetch_node_facts, input_info
 from comfyfleet.catalog.params import ParamSpec, Target
 from comfyfleet.catalog.workflow import RenderedPrompt, Workflow
 
@@ -83,12 +83,14 @@ __all__ = [
     "CatalogError",
     "InputInfo",
     "LegacyImport",
+    "NodeFacts",
     "ParamError",
     "ParamSpec",
     "RenderedPrompt",
     "Target",
     "UnknownWorkflowError",
     "Workflow",
+    "fetch_node_facts",
     "import_legacy",
     "input_info",
 ]

@@ -27,10 +27,13 @@ class Catalog:
         *,
         fleet_defaults: Mapping[str, Mapping[str, Any]] | None = None,
         model_map: Mapping[str, str] | None = None,
+        ceilings: Mapping[str, int] | None = None,
     ) -> None:
         self.sources = [Path(s) for s in sources]
         self.fleet_defaults = {k: dict(v) for k, v in (fleet_defaults or {}).items()}
         self.model_map = dict(model_map or {})
+        self.ceilings = dict(ceilings or {})
+        """Fleet-wide maxima per kind of parameter (`Workflow.apply_ceilings`)."""
         self.warnings: list[str] = []
         self._workflows: dict[str, Workflow] = {}
         self._lock = threading.Lock()
@@ -42,11 +45,15 @@ class Catalog:
         *,
         fleet_defaults: Mapping[str, Mapping[str, Any]] | None = None,
         model_map: Mapping[str, str] | None = None,
+        ceilings: Mapping[str, int] | None = None,
     ) -> Catalog:
         """Load every workflow under `sources` (directories, contract files, or an old-service
         config with `task_types`). Raises CatalogError listing every problem found."""
         catalog = cls(
-            [Path(s) for s in sources], fleet_defaults=fleet_defaults, model_map=model_map
+            [Path(s) for s in sources],
+            fleet_defaults=fleet_defaults,
+            model_map=model_map,
+            ceilings=ceilings,
         )
         catalog.reload()
         return catalog
@@ -78,6 +85,7 @@ class Catalog:
                         )
                     )
                     continue
+                workflow.apply_ceilings(self.ceilings)
                 workflows[workflow.id] = workflow
         if problems:
             raise CatalogError(problems)

@@ -53,6 +53,7 @@ class ParamDoc(_Strict):
     max: int | float | None = None
     multiple_of: int | float | None = Field(default=None, gt=0)
     choices: list[Any] | None = None
+    max_length: int | None = Field(default=None, gt=0)
     folder: str | None = None
     node: str | int | None = None
     input: str | None = None
@@ -277,6 +278,9 @@ def _build_param(
     ):
         fail(f"min/max/multiple_of apply to numbers, not to type {param_type}")
         return None
+    if doc.max_length is not None and param_type != "string":
+        fail(f"max_length applies to strings, not to type {param_type}")
+        return None
     if doc.min is not None and doc.max is not None and doc.min > doc.max:
         fail(f"min {doc.min} is above max {doc.max}")
         return None
@@ -292,6 +296,7 @@ def _build_param(
         maximum=doc.max,
         multiple_of=doc.multiple_of,
         choices=tuple(doc.choices) if doc.choices is not None else None,
+        max_length=doc.max_length,
         folder=folder,
         targets=tuple(targets),
     )

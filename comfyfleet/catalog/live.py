@@ -6,8 +6,8 @@ own /prompt validation will say, so a job goes only where it can run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from comfyfleet.catalog.graph import Graph, describe, is_link
@@ -199,3 +199,38 @@ def _combo_models(
 def _short(values: list[Any], limit: int = 8) -> str:
     shown = ", ".join(repr(v) for v in values[:limit])
     return f"[{shown}{', …' if len(values) > limit else ''}]"
+
+
+@dataclass
+class NodeFacts:
+    """What a node offers, as `Workflow.check_against` needs it (or why it could not be read)."""
+
+    label: str
+    url: str
+    object_info: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def fetch_node_facts(
+    label: str, url: str, folders: Iterable[str], *, timeout: float = 30.0
+) -> NodeFacts:
+    """GET /object_info and /models/<folder> for each folder (plain HTTP, no job submitted)."""
+    import httpx
+
+    facts = NodeFacts(label=label, url=url)
+    try:
+        with httpx.Client(base_url=url.rstrip("/"), timeout=timeout) as client:
+            response = client.get("/object_info")
+            response.raise_for_status()
+            facts.object_info = response.json()
+            for folder in folders:
+                response = client.get(f"/models/{folder}")
+                if response.status_code == 404:
+                    facts.models[folder] = []
+                    continue
+                response.raise_for_status()
+                facts.models[folder] = list(response.json())
+    except (httpx.HTTPError, ValueError) as exc:
+        facts.error = f"unreachable: {exc.__class__.__name__}: {exc}"
+    return facts

@@ -13,8 +13,34 @@ PARAM_TYPES: tuple[str, ...] = ("string", "int", "float", "bool", "seed", "image
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 """KSampler's own upper bound for `seed`."""
+DEFAULT_MAX_LENGTH = 10_000
+"""Characters of a string parameter (a prompt) when its contract gives no `max_length`."""
+MAX_NAME_LENGTH = 1024
+"""Characters of an image or model file name."""
 RANDOM_SEED_LIMIT = 2**53
 """Random seeds stay below this so that every JSON reader (JavaScript too) keeps them exact."""
+
+CEILING_INPUTS: dict[str, tuple[str, ...]] = {
+    "width": ("width",),
+    "height": ("height",),
+    "steps": ("steps",),
+    "batch_size": ("batch_size", "amount"),
+    "frames": ("video_frames", "frames", "length", "frame_count", "num_frames"),
+}
+"""Kinds of parameter with a fleet-wide ceiling (settings `limits.max_<kind>`), by the graph
+inputs they set (or their own name)."""
+
+
+def ceiling_kind(spec: ParamSpec) -> str | None:
+    """The `CEILING_INPUTS` kind of a numeric parameter, or None."""
+    if spec.type not in ("int", "float"):
+        return None
+    inputs = {target.input for target in spec.targets} | {spec.name}
+    for kind, names in CEILING_INPUTS.items():
+        if inputs & {kind, *names}:
+            return kind
+    return None
+
 
 _JSON_TYPES = {
     "string": "string",
@@ -58,6 +84,8 @@ class ParamSpec(BaseModel):
     maximum: float | int | None = None
     multiple_of: float | int | None = None
     choices: tuple[Any, ...] | None = None
+    max_length: int | None = None
+    """For `string` parameters: at most this many characters (None: `DEFAULT_MAX_LENGTH`)."""
     folder: str | None = None
     """For `model` parameters: the ComfyUI model folder (`checkpoints`, `loras`, …)."""
     targets: tuple[Target, ...] = ()
@@ -68,6 +96,11 @@ class ParamSpec(BaseModel):
         """Return `value` in this parameter's type, or raise ValueError saying what is allowed."""
         checker = _CHECKERS[self.type]
         return checker(self, value)
+
+    @property
+    def longest(self) -> int:
+        """The most characters a string value may have."""
+        return self.max_length or DEFAULT_MAX_LENGTH
 
     def random_seed(self) -> int:
         """A random seed inside this parameter's bounds (used for -1 / absent)."""
@@ -138,6 +171,8 @@ class ParamSpec(BaseModel):
                 schema["maximum"] = self.maximum
         if self.multiple_of is not None:
             schema["multipleOf"] = self.multiple_of
+        if self.type == "string":
+            schema["maxLength"] = self.longest
         if self.choices is not None:
             schema["enum"] = list(self.choices)
         if self.type in ("seed", "image", "model"):
@@ -231,6 +266,8 @@ def _check_bool(spec: ParamSpec, value: Any) -> bool:
 def _check_string(spec: ParamSpec, value: Any) -> str:
     if not isinstance(value, str):
         raise _wrong_type(spec, value)
+    if len(value) > spec.longest:
+        raise ValueError(f"{len(value)} characters; at most {spec.longest} allowed")
     _choices(spec, value)
     return value
 
@@ -239,6 +276,8 @@ def _check_name(spec: ParamSpec, value: Any) -> str:
     """Image and model names: a relative file name, never a path out of the folder."""
     if not isinstance(value, str) or not value.strip():
         raise _wrong_type(spec, value)
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{len(value)} characters; a file name has at most {MAX_NAME_LENGTH}")
     parts = value.replace("\\", "/").split("/")
     if value.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
         raise ValueError(f"{value!r} is not a plain relative file name (allowed: {spec.allowed()})")

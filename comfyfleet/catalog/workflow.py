@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from comfyfleet.catalog.errors import ParamError, problem
 from comfyfleet.catalog.graph import Graph
-from comfyfleet.catalog.params import ParamSpec
+from comfyfleet.catalog.params import ParamSpec, ceiling_kind
 
 
 class RenderedPrompt(BaseModel):
@@ -63,6 +63,8 @@ class Workflow:
         self._model_map = dict(model_map or {})
         self._fleet_defaults: dict[str, Any] = {}
         self._problems: list[str] = []
+        self.ceilings: dict[str, int] = {}
+        """The fleet's ceilings (`apply_ceilings`): per kind, and `output_pixels`."""
         for name, value in (fleet_defaults or {}).items():
             spec = parameters.get(name)
             where = f"defaults.{id}.{name}"
@@ -75,6 +77,17 @@ class Workflow:
                 self._fleet_defaults[name] = spec.check(value)
             except ValueError as exc:
                 self._problems.append(problem(where, f"fleet default: {exc}"))
+
+    def apply_ceilings(self, ceilings: Mapping[str, int]) -> None:
+        """Lower each parameter's maximum to the fleet's ceiling for its kind (`width`,
+        `steps`, … : `comfyfleet.catalog.params.CEILING_INPUTS`); `output_pixels` bounds an
+        upscale's result (`comfyfleet.jobs.service`). Called once, when loaded."""
+        self.ceilings = dict(ceilings)
+        for name, spec in self.parameters.items():
+            kind = ceiling_kind(spec)
+            ceiling = ceilings.get(kind) if kind else None
+            if ceiling is not None and (spec.maximum is None or spec.maximum > ceiling):
+                self.parameters[name] = spec.model_copy(update={"maximum": ceiling})
 
     def __repr__(self) -> str:
         return (
@@ -92,6 +105,11 @@ class Workflow:
     def problems(self) -> list[str]:
         """Problems with the fleet defaults given for this workflow (empty when fine)."""
         return list(self._problems)
+
+    def loads_single_image(self, name: str) -> bool:
+        """Whether image parameter `name` feeds a node that loads one frame (`LoadImage`)."""
+        spec = self.parameters[name]
+        return any(self._graph[t.node]["class_type"] == "LoadImage" for t in spec.targets)
 
     def default(self, name: str) -> Any:
         """The value a parameter takes when the request leaves it out (None: required).
@@ -174,6 +192,12 @@ class Workflow:
                         message=f"required: no value given and no default ({spec.allowed()})",
                         workflow=self.id,
                     )
+                if spec.maximum is not None and spec.type in ("int", "float"):
+                    try:  # a default above a fleet ceiling (limits.*) is refused too
+                        spec.check(value)
+                    except ValueError as exc:
+                        message = f"the default {value!r} is not allowed here: {exc}"
+                        raise ParamError(param=name, message=message, workflow=self.id) from None
             else:
                 try:
                     value = spec.check(value)

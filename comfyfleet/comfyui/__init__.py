@@ -1,7 +1,7 @@
 """Async, typed client for plain ComfyUI nodes: typed websocket messages, a small error tree,
 submit / follow / wait / run, queue and history, uploads and downloads."""
 
-from comfyfleet.comfyui.client import ComfyUIClient
+from comfyfleet.comfyui.client import ComfyUIClient, probe_node
 from comfyfleet.comfyui.errors import (
     ComfyUIError,
     ExecutionFailed,
@@ -40,6 +40,7 @@ from comfyfleet.comfyui.results import (
     DownloadedFile,
     FileRef,
     HistoryEntry,
+    NodeProbe,
     OnMessage,
     OutputFile,
     PromptResult,
@@ -68,6 +69,7 @@ __all__ = [
     "InputProblem",
     "Interrupted",
     "Message",
+    "NodeProbe",
     "NodeProgress",
     "NodeUnavailable",
     "OnMessage",
@@ -93,5 +95,6 @@ __all__ = [
     "parse_binary",
     "parse_message",
     "parse_text",
+    "probe_node",
     "retry_if_transient",
 ]

@@ -27,7 +27,9 @@ def unexpected(response: httpx.Response) -> ComfyUIError:
     except httpx.ResponseNotRead:
         body = ""
     message = f"{request.method} {request.url}: HTTP {response.status_code} {body}"
-    return ComfyUIError(message.strip())
+    error = ComfyUIError(message.strip())
+    error.status_code = response.status_code
+    return error
 
 
 def json_body(response: httpx.Response) -> Any:

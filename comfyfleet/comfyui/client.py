@@ -18,6 +18,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +42,7 @@ from comfyfleet.comfyui.results import (
     DownloadedFile,
     FileRef,
     HistoryEntry,
+    NodeProbe,
     OnMessage,
     OutputFile,
     PromptResult,
@@ -290,6 +292,20 @@ class ComfyUIClient:
         """GET /system_stats (versions, RAM, devices); cheap, a good health probe."""
         return await self._get_json("/system_stats")
 
+    async def probe(self, *, queue: bool = True) -> NodeProbe:
+        """The health probe: GET /system_stats and (with ``queue``) GET /queue. Raises
+        :class:`NodeUnavailable` when the node does not answer, :class:`ComfyUIError` when it
+        answers something else (``status_code`` says which HTTP status)."""
+        stats = await self.system_stats()
+        if not queue:
+            return NodeProbe(system_stats=stats)
+        state = await self.queue()
+        return NodeProbe(
+            system_stats=stats,
+            queue_depth=len(state.running) + len(state.pending),
+            prompt_ids=[*state.running, *state.pending],
+        )
+
     async def object_info(self, class_type: str | None = None) -> dict[str, Any]:
         """GET /object_info[/{class}]: ``{class_type: info}``; ``{}`` for an unknown class."""
         if class_type is None:
@@ -404,3 +420,22 @@ class ComfyUIClient:
 
 
 __all__ = ["ComfyUIClient"]
+
+
+def probe_node(
+    url: str, *, timeout: float = 5.0, queue: bool = True,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> NodeProbe:  # fmt: skip
+    """:meth:`ComfyUIClient.probe` for synchronous callers: runs it in an event loop of its own
+    (in a helper thread when the caller's thread runs one already)."""
+
+    async def probe() -> NodeProbe:
+        async with ComfyUIClient(url, timeout=timeout, transport=transport) as client:
+            return await client.probe(queue=queue)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(probe())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="comfyui-probe") as pool:
+        return pool.submit(lambda: asyncio.run(probe())).result()

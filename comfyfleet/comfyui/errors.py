@@ -24,6 +24,9 @@ _MAX_DETAILS = 200
 class ComfyUIError(Exception):
     """Base class of every error raised by :mod:`comfyfleet.comfyui`."""
 
+    status_code: int | None = None
+    """The HTTP status of the answer that caused it, when there was one."""
+
 
 class NodeUnavailable(ComfyUIError):
     """The node did not answer (connect refused, timeout, HTTP 5xx, socket gone). Retryable."""

@@ -130,6 +130,22 @@ class QueueState(_Frozen):
         return None
 
 
+class NodeProbe(_Frozen):
+    """What a health probe needs of a node: its /system_stats and the depth of its queue."""
+
+    system_stats: dict[str, Any]
+    queue_depth: int | None = None
+    """Prompts running and pending (None: the queue was not asked)."""
+    prompt_ids: list[str] = []
+    """Their ids (running first)."""
+
+    @property
+    def version(self) -> str | None:
+        """ComfyUI's version, e.g. ``0.3.75`` (None when /system_stats does not say)."""
+        system = self.system_stats.get("system")
+        return system.get("comfyui_version") if isinstance(system, dict) else None
+
+
 class HistoryEntry(_Frozen):
     """GET /history/{id}: a prompt that ended (success, error or interrupted)."""
 

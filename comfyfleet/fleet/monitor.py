@@ -1,8 +1,8 @@
 """The fleet monitor: probes every node, keeps a circuit breaker per node, knows its models.
 
-Each probe is `GET /system_stats` + `GET /queue` (cheap), with a short timeout; every few probes
-also `GET /models/checkpoints`. Per node a circuit breaker (`health.failures_to_open` = K,
-`health.open_cooldown_s`):
+Each probe is `ComfyUIClient.probe` (`GET /system_stats` + `GET /queue`: cheap), with a short
+timeout, over one client per node; every few probes also `GET /models/checkpoints`. Per node a
+circuit breaker (`health.failures_to_open` = K, `health.open_cooldown_s`):
 
     closed --K consecutive failures--> open --cool-down--> half_open --probe ok--> closed
                                          ^------------------ probe fails ---------|
@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
-
+from comfyfleet.comfyui import ComfyUIClient, ComfyUIError, NodeUnavailable
 from comfyfleet.settings import HealthSettings
+from comfyfleet.store.attempts import is_attempt_id
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class NodeHealth:
     ok_since: float | None = None  # start of the current run of good probes
     opened_at: float | None = None
     queue_depth: int = 0
+    """Prompts on the node that are not this fleet's (someone using its ComfyUI directly)."""
     models: dict[str, frozenset[str]] | None = None
     last_checkpoint: str | None = None  # the checkpoint of the node's latest attempt
     probes: int = 0
@@ -112,22 +113,50 @@ class Monitor:
         self.clock = clock
         self.clean_window_s = clean_window_s
         self.nodes: dict[str, NodeHealth] = {}
-        self._http = httpx.AsyncClient(timeout=PROBE_TIMEOUT_S, transport=transport)
+        self._transport = transport
+        self._clients: dict[str, ComfyUIClient] = {}  # by node URL
+        self._retired: list[ComfyUIClient] = []  # of nodes forgotten or moved: closed next
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._close_retired()
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
 
     def track(self, node_id: str, url: str) -> NodeHealth:
         url = url.rstrip("/")
         health = self.nodes.get(node_id)
         if health is None or health.url != url:
+            if health is not None:
+                self._retire(health.url)
             health = self.nodes[node_id] = NodeHealth(id=node_id, url=url, state_since=self.clock())
         return health
 
     def forget(self, node_id: str) -> None:
-        self.nodes.pop(node_id, None)
+        health = self.nodes.pop(node_id, None)
+        if health is not None:
+            self._retire(health.url)
+
+    def _retire(self, url: str) -> None:
+        client = self._clients.pop(url, None)
+        if client is not None:
+            self._retired.append(client)
+
+    async def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for client in retired:
+            await client.aclose()
+
+    def _client(self, url: str) -> ComfyUIClient:
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = ComfyUIClient(
+                url, timeout=PROBE_TIMEOUT_S, transport=self._transport
+            )
+        return client
 
     async def probe_all(self) -> None:
+        await self._close_retired()
         await asyncio.gather(*(self.probe(h) for h in list(self.nodes.values())))
 
     async def probe(self, health: NodeHealth) -> None:
@@ -136,18 +165,14 @@ class Monitor:
             if now - (health.opened_at or now) < self.settings.open_cooldown_s:
                 return
             self._set_state(health, "half_open", "cool-down over: trial probe", now)
+        client = self._client(health.url)
         try:
-            stats = await self._http.get(f"{health.url}/system_stats")
-            stats.raise_for_status()
-            queue = await self._http.get(f"{health.url}/queue")
-            queue.raise_for_status()
-            data = queue.json()
-            depth = len(data.get("queue_running", [])) + len(data.get("queue_pending", []))
+            probe = await client.probe()
+            # Foreign load only: our own prompts (attempt ids) are counted as in flight.
+            depth = sum(1 for prompt in probe.prompt_ids if not is_attempt_id(prompt))
             if health.models is None or health.probes % MODELS_EVERY == 0:
-                ckpts = await self._http.get(f"{health.url}/models/checkpoints")
-                ckpts.raise_for_status()
-                health.models = {"checkpoints": frozenset(ckpts.json())}
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+                health.models = {"checkpoints": frozenset(await client.models("checkpoints"))}
+        except (ComfyUIError, ValueError, LookupError, TypeError, AttributeError) as exc:
             self._failed(health, _describe(exc), self.clock())
             return
         now = self.clock()
@@ -236,5 +261,7 @@ class Monitor:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, NodeUnavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__  # the transport's own error: `ConnectError: …`
     text = str(exc)
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__

@@ -1,13 +1,13 @@
-"""The node registry and the node-state snapshot: what every process may ask about the fleet.
+"""The node registry: the fleet's node list, and what the CLI and the REST admin do to it.
 
-Registry. The `ComfyUINode` block documents (type `comfyui-node`, one per node, named by its id)
+The `ComfyUINode` block documents (type `comfyui-node`, one per node, named by its id)
 are the node list; each node has a work pool `comfyui-<id>` and deployments `<flow>/<id>`. The
 functions here edit them for the CLI (`comfyfleet nodes …`) and the REST admin, the same way:
 
 - `set_enabled(…, False)` (disable, also the first half of drain and remove): the block says
   `enabled: false` so the dispatcher sends nothing new, the pool is paused at once so no worker
-  picks up a run that has not started yet, and those runs move to other nodes
-  (`move_pending`). Attempts already running on the node finish there.
+  picks up a run that has not started yet, and the attempts its shift has not taken move to
+  other nodes (`move_pending`). Attempts the shift took finish there.
 - `set_enabled(…, True)`: the block says `enabled: true`, and the action is written to the audit
   log as `node.enable`; the fleet service reads that entry as the admin's release of a
   quarantined node (the store is shared by every host, so this works from anywhere). The fleet
@@ -15,198 +15,55 @@ functions here edit them for the CLI (`comfyfleet nodes …`) and the REST admin
 - `remove_node`: disable, wait until nothing is in flight on the node, then delete its
   deployments, its pool and its block.
 - `update_node`: change a registered node in place (block, pool limit, deployments); a host
-  that joins again (`comfyfleet node join`, comfyfleet.join) updates its node this way.
+  that joins again (`comfyfleet node join`, comfyfleet.fleet.join) updates its node this way.
 
-Node state. The fleet service (the one process that probes) writes a snapshot of every node
-after each probe round to one JSON file, `state_path(settings)`: beside the SQLite database
-(`var/fleet-nodes.json` by default), or for other databases beside the output store's folder
-(`store.outputs_dir`'s parent: `var/` by default), so two fleets on one MySQL server but with
-their own stores never share it. It is replaced atomically (write + rename), so readers never
-see half a file.
-`node_states()` reads it; that is the function the REST API, the UI, the metrics and
-`comfyfleet nodes list` call. A snapshot older than `STALE_AFTER_S` (or 3 probe intervals)
-means no fleet service is running: every node then reads `state: unknown`, `stale: true`.
-The file is local to the host of the fleet service; a gateway on another host sees no state
-(`unknown`) until the snapshot moves into the job store.
+The live state of the nodes is comfyfleet.fleet.state (`node_states`, `merge_state`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
-from uuid import UUID
+from typing import Any
 
-from pydantic import BaseModel, Field
-from sqlalchemy import select
-from sqlalchemy.engine import make_url
+from pydantic import ValidationError
 
-from comfyfleet.settings import NodeConfig, Settings, get_settings
+from comfyfleet.fleet import provision
+from comfyfleet.fleet.generation import GENERATION_FLOWS
+from comfyfleet.fleet.node_block import NODE_BLOCK_TYPE, ComfyUINode
+from comfyfleet.fleet.provision import pool_name
+from comfyfleet.fleet.state import NodeState, merge_state, node_states
+from comfyfleet.settings import NodeConfig, NodeSpec, Settings
 from comfyfleet.store import (
-    Attempt,
     Conflict,
     Database,
     NotFound,
     audit,
+    end_shift,
     live_attempts_by_node,
-    requeue_job_after_node_fault,
+    move_untaken,
+    node_shifts,
+    untaken_attempts,
 )
 
 logger = logging.getLogger(__name__)
 
-NODE_BLOCK_TYPE = "comfyui-node"
-POOL_PREFIX = "comfyui-"
-STATE_FILE = "fleet-nodes.json"
-STALE_AFTER_S = 15.0
 MOVED = "moved before it started"
-"""Start of the message of a flow run cancelled to move its attempt to another node."""
-
-NodeStatus = Literal["up", "down", "draining", "disabled", "unknown"]
-Circuit = Literal["closed", "open", "half_open", "quarantined"]
-
-
-def pool_name(node_id: str) -> str:
-    """The node's work pool (`gpu-1` → `comfyui-gpu-1`)."""
-    return f"{POOL_PREFIX}{node_id}"
-
-
-class NodeState(BaseModel):
-    """One node: its registry entry and its live state (field names as in REST `NodeInfo`)."""
-
-    id: str
-    url: str
-    capacity: int = 2
-    capabilities: list[str] = Field(default_factory=list)
-    weight: float = 1.0
-    priority: int = 0
-    enabled: bool = True
-    draining: bool = False
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    state: NodeStatus = "unknown"
-    circuit: Circuit = "closed"
-    healthy: bool = False
-    paused: bool | None = None
-    reachable: bool | None = None  # the last probe succeeded (None: not probed)
-    in_flight: int = 0
-    queue_depth: int | None = None
-    load: float = 0.0
-    models: dict[str, list[str]] | None = None
-    last_checkpoint: str | None = None
-    last_error: str | None = None
-    last_seen: datetime | None = None
-    state_since: datetime | None = None
-    faults_last_hour: int = 0
-    quarantined_since: datetime | None = None
-    updated_at: datetime | None = None
-    stale: bool = False
-
-
-def utc(ts: float | None) -> datetime | None:
-    """Epoch seconds → aware UTC datetime (None stays None)."""
-    return datetime.fromtimestamp(ts, UTC) if ts is not None else None
-
-
-def node_status(*, enabled: bool, in_flight: int, answers: bool | None) -> NodeStatus:
-    """`disabled` (nothing in flight) / `draining` (disabled, jobs still finishing) / `up` /
-    `down`; `unknown` when nobody probes the node (`answers` None)."""
-    if not enabled:
-        return "draining" if in_flight else "disabled"
-    if answers is None:
-        return "unknown"
-    return "up" if answers else "down"
-
-
-def state_path(settings: Settings | None = None) -> Path:
-    """Where the fleet service writes the node-state snapshot."""
-    settings = settings or get_settings()
-    url = make_url(settings.database.url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        return Path(str(url.database)).with_name(STATE_FILE)
-    return Path(settings.store.outputs_dir).parent / STATE_FILE
-
-
-def write_snapshot(path: Path, nodes: Iterable[NodeState], *, probe_interval_s: float) -> None:
-    """Replace the snapshot file atomically."""
-    doc = {
-        "written_at": time.time(),
-        "pid": os.getpid(),
-        "probe_interval_s": probe_interval_s,
-        "nodes": [n.model_dump(mode="json") for n in nodes],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def node_states(
-    settings: Settings | None = None, *, path: Path | None = None, now: float | None = None
-) -> list[NodeState]:
-    """Every node as the fleet service last saw it (sorted by id; [] before its first round).
-
-    Synchronous and cheap (one small file): fine to call on every REST request or scrape.
-    """
-    path = path or state_path(settings)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    now = time.time() if now is None else now
-    interval = float(doc.get("probe_interval_s") or 0)
-    stale = now - float(doc.get("written_at") or 0) > max(STALE_AFTER_S, 3 * interval)
-    nodes = []
-    for raw in doc.get("nodes", []):
-        node = NodeState.model_validate(raw)
-        if stale:
-            node = node.model_copy(update={
-                "stale": True, "healthy": False,
-                "state": node_status(enabled=node.enabled, in_flight=node.in_flight, answers=None),
-            })  # fmt: skip
-        nodes.append(node)
-    return sorted(nodes, key=lambda n: n.id)
-
-
-def merge_state(config: NodeConfig, known: NodeState | None, *, in_flight: int) -> NodeState:
-    """A node's registry entry (fresh) over its last known live state."""
-    live = known.model_dump() if known is not None else {}
-    live.update(config.model_dump(), in_flight=in_flight)
-    state = NodeState.model_validate(live)
-    answers = None if known is None or known.stale else known.reachable
-    status = node_status(enabled=config.enabled, in_flight=in_flight, answers=answers)
-    busy = max(in_flight, state.queue_depth or 0)
-    return state.model_copy(update={
-        "state": status, "draining": status == "draining",
-        "load": busy / max(config.capacity, 1),
-        "healthy": state.healthy and config.enabled and status == "up",
-    })  # fmt: skip
+"""The end of the reason of an attempt moved to another node before its shift took it."""
 
 
 # -- registry (Prefect blocks, pools, deployments) ---------------------------------------------
 
 
 def _config(doc: Any) -> NodeConfig:
-    data = {k: v for k, v in doc.data.items() if k in NodeConfig.model_fields}
+    data = {k: v for k, v in doc.data.items() if k in NodeSpec.model_fields}
     return NodeConfig(id=doc.name, **data)
 
 
 async def read_nodes(client: Any) -> list[NodeConfig]:
     """The registry: one NodeConfig per `ComfyUINode` block document."""
-    from pydantic import ValidationError
-
     nodes = []
     for doc in await client.read_block_documents_by_type(NODE_BLOCK_TYPE):
         if not doc.name or doc.is_anonymous:
@@ -232,11 +89,9 @@ async def get_node(client: Any, node_id: str) -> NodeConfig:
 
 
 async def add_node(client: Any, node: NodeConfig, *, db: Database, actor: Any = None) -> None:
-    """Register a node: its block, pool, queues and deployments (deployments/). It gets
-    attempts once the fleet service has probed it successfully."""
-    from blocks import ComfyUINode  # the Prefect layer, loaded only when a node is added
-    from deployments import apply_node
-
+    """Register a node: its block, pool, queues and deployments (comfyfleet.fleet.provision,
+    with the flows as deployed on the server). It gets attempts once the fleet service has
+    probed it successfully."""
     try:
         await _block(client, node.id)
     except NotFound:
@@ -244,7 +99,7 @@ async def add_node(client: Any, node: NodeConfig, *, db: Database, actor: Any = 
     else:
         raise Conflict(f"node {node.id!r} exists already")
     await ComfyUINode.aregister_type_and_schema()
-    await apply_node(client, node)
+    await provision.apply_node(client, node)
     await asyncio.to_thread(db.run, lambda s: audit(
         s, actor=actor, action="node.add", target=node.id, detail={"url": node.url}))  # fmt: skip
 
@@ -254,12 +109,11 @@ async def update_node(client: Any, node: NodeConfig, *, db: Database, actor: Any
     deployments (those of capabilities it no longer has are deleted)."""
     from prefect.exceptions import ObjectNotFound
 
-    from deployments import GENERATION_FLOWS, apply_node
-
     await _block(client, node.id)
-    await apply_node(client, node)
+    await provision.apply_node(client, node)
+    await asyncio.to_thread(stop_shift, db, node.id)
     for gen in GENERATION_FLOWS:
-        if gen.capability == "*" or gen.capability in node.capabilities:
+        if gen.serves(node.capabilities):
             continue
         with contextlib.suppress(ObjectNotFound):
             dep = await client.read_deployment_by_name(f"{gen.name}/{node.id}")
@@ -359,68 +213,37 @@ async def remove_node(
     logger.info("node %s removed (pool, deployments, block)", node_id)
 
 
-# -- moving attempts that have not started -----------------------------------------------------
-
-
-def pending_attempts(session: Any, *, nodes: Sequence[str] | None = None) -> list[Attempt]:
-    """Live attempts that have not started on their node (no lease yet), oldest first."""
-    stmt = select(Attempt).where(Attempt.status == "pending", Attempt.lease_expires_at.is_(None))
-    if nodes is not None:
-        stmt = stmt.where(Attempt.node.in_(list(nodes)))
-    return list(session.scalars(stmt.order_by(Attempt.created_at)))
-
-
-async def read_runs(client: Any, ids: Iterable[str]) -> dict[str, Any]:
-    """Flow runs by id (str), in one call."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    wanted = [UUID(i) for i in {*ids} if i]
-    if not wanted:
-        return {}
-    runs = await client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=wanted)), limit=len(wanted)
-    )
-    return {str(r.id): r for r in runs}
-
-
-async def move_attempt(client: Any, db: Database, attempt: Attempt, run: Any, why: str) -> bool:
-    """Cancel the attempt's not-yet-started flow run (no force: a worker that took it first
-    wins) and send its job back to the backlog; False if the run had started."""
-    from prefect.client.schemas.objects import StateType
-    from prefect.client.schemas.responses import SetStateStatus
-    from prefect.states import Cancelled
-
-    if run is None or run.state_type not in (StateType.SCHEDULED, StateType.PENDING):
-        return False
-    result = await client.set_flow_run_state(run.id, Cancelled(message=f"{MOVED}: {why}"))
-    if result.status != SetStateStatus.ACCEPT:
-        return False
-    status = await asyncio.to_thread(
-        db.run,
-        lambda s: requeue_job_after_node_fault(
-            s, job_id=attempt.job_id, attempt_id=attempt.id,
-            reason=f"{attempt.node}: {why}; {MOVED}",
-        ),
-    )  # fmt: skip
-    logger.warning("attempt %s moved off %s (%s): job %s is %s", attempt.id, attempt.node, why,
-                   attempt.job_id, status)  # fmt: skip
-    return True
+# -- moving attempts no shift took yet -----------------------------------------------------------
 
 
 async def move_pending(client: Any, db: Database, node_id: str, *, why: str) -> int:
-    """Move every not-yet-started attempt off the node; how many moved."""
-    attempts = await asyncio.to_thread(
-        db.run, lambda s: pending_attempts(s, nodes=[node_id]), readonly=True
-    )
-    attempts = [a for a in attempts if a.flow_run_id]
-    if not attempts:
-        return 0
-    runs = await read_runs(client, [a.flow_run_id for a in attempts])
+    """Move every attempt given to the node that its shift has not taken yet back to the
+    backlog (another node takes the job); how many moved. What a shift took runs there."""
+
+    def move(session: Any) -> list[tuple[Any, str | None]]:
+        return [
+            (a, move_untaken(session, attempt_id=a.id, reason=f"{node_id}: {why}; {MOVED}"))
+            for a in untaken_attempts(session, nodes=[node_id])
+        ]
+
     moved = 0
-    for attempt in attempts:
-        if await move_attempt(client, db, attempt, runs.get(str(attempt.flow_run_id)), why):
+    for attempt, status in await asyncio.to_thread(db.run, move):
+        if status is not None:
             moved += 1
+            logger.warning("attempt %s moved off %s (%s): job %s is %s", attempt.id, node_id,
+                           why, attempt.job_id, status)  # fmt: skip
     return moved
+
+
+def stop_shift(db: Database, node_id: str) -> bool:
+    """The node's shift leaves it (its settings changed): the fleet service starts a new one,
+    which reads them; what the old one holds runs to its end."""
+
+    def stop(session: Any) -> bool:
+        row = node_shifts(session).get(node_id)
+        return row is not None and end_shift(session, node=node_id, shift_id=row.shift_id)
+
+    return db.run(stop)
 
 
 # -- the gateway's seam ------------------------------------------------------------------------

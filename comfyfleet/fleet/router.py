@@ -5,15 +5,14 @@ monitor and the attempt table) and one claimed job (`JobView`); `Router.choose` 
 with a free slot, or None. Binding is late: the dispatcher creates an attempt (a flow run in the
 node's pool) only for a node returned here, so a returned node always has a free slot.
 
-Load. `busy(node) = max(in_flight, queue_depth)`:
-- `in_flight`: this fleet's attempts dispatched or running on the node, plus runs started from
-  Prefect directly in the node's pool (all of them count against the pool's limit);
-- `queue_depth`: ComfyUI's own `queue_remaining` (running + pending prompts) as last probed. Our
-  own prompts are in it too, so only what exceeds `in_flight` is foreign load (someone using the
-  node's ComfyUI directly): `busy = in_flight + max(0, queue_depth - in_flight)`.
-`free_slots = max(0, capacity - busy)`; `load = busy / capacity`. A node with
-`in_flight >= capacity` has no free slot. (`queue_depth` is as fresh as the last probe: after an
-attempt ends, a stale depth can hide the freed slot until the next probe.)
+Load. `busy(node) = in_flight + queue_depth`:
+- `in_flight`: this fleet's live attempts on the node (placed, queued on the node, running),
+  runs started from Prefect directly included;
+- `queue_depth`: the foreign prompts in ComfyUI's queue as last probed (someone using the node's
+  ComfyUI directly; our own prompts are attempt ids and count in `in_flight` only).
+`free_slots = max(0, capacity - busy)`; `load = busy / capacity`. A node's capacity is how many
+prompts it holds at once: one executing, the others queued behind it, so the next one starts
+the moment the current one ends.
 
 Eligibility (`eligible`): enabled, healthy, has the job's capability, has its required models,
 not in the job's `exclude` (nodes where it already had a node fault), and the pinned node only
@@ -122,8 +121,8 @@ class JobView:
 
 
 def busy(node: NodeView) -> int:
-    """Slots in use: our in-flight runs, or ComfyUI's queue when it is longer (foreign load)."""
-    return max(node.in_flight, node.queue_depth)
+    """Slots in use: our in-flight attempts and the node's foreign prompts."""
+    return node.in_flight + node.queue_depth
 
 
 def free_slots(node: NodeView) -> int:

@@ -1,29 +1,3 @@
-"""A real ComfyUI 0.3.75 on this machine (CPU): its own venv, tiny checkpoints, local processes.
-
-Used by the integration tests (tests/fixtures/comfy.py) and by ``make up`` as the embedded
-default node (``python -m comfyfleet.localnode run``).
-"""
-
-from comfyfleet.localnode.process import (
-    DELAY_FACTOR_ENV,
-    ComfyUIStartError,
-    LocalComfyUI,
-    free_port,
-)
-from comfyfleet.localnode.venv import (
-    TINY_CHECKPOINTS,
-    ComfyUIInstall,
-    InstallError,
-    ensure_comfyui_install,
-)
-
-__all__ = [
-    "DELAY_FACTOR_ENV",
-    "TINY_CHECKPOINTS",
-    "ComfyUIInstall",
-    "ComfyUIStartError",
-    "InstallError",
-    "LocalComfyUI",
-    "ensure_comfyui_install",
-    "free_port",
-]
+"""The old name of `comfyfleet.local.node`, kept for `python -m comfyfleet.localnode setup`: the
+command scripts/comfyui/requirements.txt names. That file's bytes are the cache key of the
+ComfyUI venv every checkout shares (var/comfyui), so it does not change for a rename."""

@@ -10,7 +10,10 @@ A job has at most one live (pending/running) attempt.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -26,6 +29,15 @@ from comfyfleet.store.models import (
 from comfyfleet.store.types import utcnow
 
 FINAL_ATTEMPT_STATUSES = ("completed", "failed", "node_fault", "cancelled")
+
+
+ATTEMPT_ID = re.compile(r"^[0-9a-fA-F-]{32,36}-[0-9]+$")
+"""`<job id>-<n>`: also the ComfyUI prompt id of the attempt."""
+
+
+def is_attempt_id(prompt_id: str) -> bool:
+    """Whether a ComfyUI prompt id is one of ours (an attempt), not someone else's prompt."""
+    return ATTEMPT_ID.match(prompt_id) is not None
 
 
 def _active_job_ids() -> object:
@@ -221,3 +233,37 @@ def live_attempts_by_node(session: Session) -> dict[str, int]:
         .group_by(Attempt.node)
     )
     return {node: int(n) for node, n in rows}
+
+
+def pending_attempts(session: Session, *, nodes: Sequence[str] | None = None) -> list[Attempt]:
+    """Live attempts that have not started on their node (no lease yet), oldest first."""
+    stmt = select(Attempt).where(Attempt.status == "pending", Attempt.lease_expires_at.is_(None))
+    if nodes is not None:
+        stmt = stmt.where(Attempt.node.in_(list(nodes)))
+    return list(session.scalars(stmt.order_by(Attempt.created_at)))
+
+
+def live_work(session: Session) -> list[tuple[str, str, datetime | None]]:
+    """Every live attempt as `(node, workflow, started_at)`: the work each node has now."""
+    rows = session.execute(
+        select(Attempt.node, Job.workflow, Attempt.started_at)
+        .join(Job, Job.id == Attempt.job_id)
+        .where(Attempt.status.in_(LIVE_ATTEMPT_STATUSES))
+    )
+    return [(node, workflow, started) for node, workflow, started in rows]
+
+
+def finished_since(
+    session: Session, *, since: datetime, limit: int = 500
+) -> list[tuple[str, str, dict[str, Any], float, datetime]]:
+    """Attempts completed after `since`, oldest first, as `(node, workflow, params,
+    gpu_seconds, finished_at)`: what the dispatcher learns node speeds from."""
+    rows = session.execute(
+        select(Attempt.node, Job.workflow, Job.params, Attempt.gpu_seconds, Attempt.finished_at)
+        .join(Job, Job.id == Attempt.job_id)
+        .where(Attempt.status == "completed", Attempt.finished_at > since)
+        .order_by(Attempt.finished_at)
+        .limit(limit)
+    )
+    return [(node, wf, dict(params or {}), float(gpu or 0.0), at)
+            for node, wf, params, gpu, at in rows]  # fmt: skip

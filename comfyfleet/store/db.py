@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -221,3 +221,8 @@ def session_scope(
     finally:
         if isinstance(bind, str | URL):
             database.dispose()
+
+
+def ping(session: Session) -> None:
+    """One trivial statement: the database answers (the gateway's health check)."""
+    session.execute(text("SELECT 1"))

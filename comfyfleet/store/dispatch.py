@@ -28,6 +28,7 @@ other dispatchers skip) rows it does not take.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,9 +39,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased
 
 from comfyfleet.store._sql import guarded_job_update, refresh_job, ts
-from comfyfleet.store.attempts import finish_attempt, list_attempts
+from comfyfleet.store.attempts import create_attempt, finish_attempt, list_attempts
 from comfyfleet.store.db import is_mysql
-from comfyfleet.store.models import ACTIVE_JOB_STATUSES, ApiClient, Job, OwnerShare, User
+from comfyfleet.store.models import (
+    ACTIVE_JOB_STATUSES,
+    ApiClient,
+    Attempt,
+    Job,
+    OwnerShare,
+    User,
+)
 from comfyfleet.store.types import utcnow
 
 DEFAULT_AGING_S = 600.0
@@ -131,6 +139,125 @@ def backlog_order(
     return [jobs[i] for i in ids if i in jobs]
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A queued job at the head of the backlog, with what the dispatcher plans with."""
+
+    id: str
+    owner_id: int
+    client_id: str | None
+    workflow: str
+    capability: str
+    params: dict[str, Any]
+    pinned_node: str | None
+    level: int
+    """Effective priority level (after aging)."""
+    served_at: datetime
+    """When its owner was last served (the epoch: never)."""
+    created_at: datetime
+    owner_room: int | None
+    """How many more jobs its owner may start (`max_running` minus active; None: no limit)."""
+    client_room: int | None
+    faulted: frozenset[str]
+    """Nodes where the job already had a node fault."""
+
+
+def has_queued(session: Session) -> bool:
+    """Whether any job waits in the backlog (cheap: the backlog index)."""
+    return session.scalar(select(Job.id).where(Job.status == "queued").limit(1)) is not None
+
+
+def backlog_head(
+    session: Session, *, capabilities: FreeNodes, limit: int, now: datetime | None = None,
+    aging_s: float = DEFAULT_AGING_S,
+) -> list[Queued]:  # fmt: skip
+    """The first `limit` queued jobs the given nodes could take, in the order the dispatcher
+    serves them (`fair_order`): one read for the rows, one for their node faults."""
+    now = now or utcnow()
+    stmt = _ordered_backlog(capabilities, now, aging_s)
+    if stmt is None:
+        return []
+    active = aliased(Job)
+    owner_active = (
+        select(func.count()).select_from(active)
+        .where(active.owner_id == Job.owner_id, active.status.in_(ACTIVE_JOB_STATUSES))
+        .scalar_subquery()
+    )  # fmt: skip
+    client_active = (
+        select(func.count()).select_from(active)
+        .where(active.client_id == Job.client_id, active.status.in_(ACTIVE_JOB_STATUSES))
+        .scalar_subquery()
+    )  # fmt: skip
+    rows = session.execute(
+        stmt.add_columns(
+            Job.client_id, Job.workflow, Job.capability, Job.params, Job.pinned_node,
+            Job.priority, Job.created_at, OwnerShare.last_served_at, User.max_running,
+            owner_active, ApiClient.max_running, client_active,
+        ).limit(limit)
+    ).all()  # fmt: skip
+    ids = [row[0] for row in rows]
+    faulted: dict[str, set[str]] = {}
+    if ids:
+        for job_id, node in session.execute(
+            select(Attempt.job_id, Attempt.node).where(
+                Attempt.job_id.in_(ids), Attempt.status == "node_fault"
+            )
+        ):
+            faulted.setdefault(job_id, set()).add(node)
+    out = []
+    for (job_id, owner_id, client_id, workflow, capability, params, pinned, priority, created,
+         served, owner_max, owner_busy, client_max, client_busy) in rows:  # fmt: skip
+        created = created if created.tzinfo else created.replace(tzinfo=UTC)
+        waited = (now - created).total_seconds()
+        lift = 2 if waited >= 2 * aging_s else 1 if waited >= aging_s else 0
+        out.append(Queued(
+            id=job_id, owner_id=owner_id, client_id=client_id, workflow=workflow,
+            capability=capability, params=dict(params or {}), pinned_node=pinned,
+            level=max(priority - lift, 0),
+            served_at=(served if served is None or served.tzinfo else served.replace(tzinfo=UTC))
+            or _EPOCH,
+            created_at=created,
+            owner_room=None if owner_max is None else owner_max - owner_busy,
+            client_room=None if client_id is None or client_max is None
+            else client_max - client_busy,
+            faulted=frozenset(faulted.get(job_id, ())),
+        ))  # fmt: skip
+    return fair_order(out)
+
+
+def fair_order(queued: list[Queued]) -> list[Queued]:
+    """The order in which claiming one job at a time would serve them: level first; inside a
+    level the owner served least recently, whose oldest job goes, after which that owner counts
+    as just served (round-robin); an owner or client with no room left gets nothing more."""
+    owner_room = {q.owner_id: q.owner_room for q in queued}
+    client_room = {q.client_id: q.client_room for q in queued if q.client_id is not None}
+    stamp = {q.owner_id: q.served_at.timestamp() for q in queued}
+    clock = max([*stamp.values(), 0.0]) + 1.0
+    out: list[Queued] = []
+    for level in sorted({q.level for q in queued}):
+        by_owner: dict[int, list[Queued]] = {}
+        for q in sorted((q for q in queued if q.level == level),
+                        key=lambda q: (q.created_at, q.id)):  # fmt: skip
+            by_owner.setdefault(q.owner_id, []).append(q)
+        while by_owner:
+            owner = min(by_owner, key=lambda o: (stamp[o], o))
+            jobs = by_owner[owner]
+            job = jobs.pop(0)
+            if not jobs:
+                del by_owner[owner]
+            room = owner_room.get(owner)
+            croom = client_room.get(job.client_id) if job.client_id is not None else None
+            if (room is not None and room <= 0) or (croom is not None and croom <= 0):
+                continue
+            out.append(job)
+            stamp[owner], clock = clock, clock + 1.0
+            if room is not None:
+                owner_room[owner] = room - 1
+            if croom is not None:
+                client_room[job.client_id] = croom - 1  # type: ignore[index]
+    return out
+
+
 def _take(session: Session, job_id: str, owner_id: int, now: datetime) -> Job | None:
     if is_mysql(session):
         locked = session.scalar(
@@ -182,6 +309,19 @@ def claim_job(session: Session, *, job_id: str, now: datetime | None = None) -> 
     if owner_id is None:
         return None
     return _take(session, job_id, owner_id, now)
+
+
+def bind_jobs(
+    session: Session, pairs: Collection[tuple[str, str]], *, now: datetime | None = None
+) -> list[Attempt]:
+    """Claim each job and give it an attempt on its node, in one transaction; a job someone
+    else claimed (or cancelled) meanwhile is skipped. The attempts made, in order."""
+    now = now or utcnow()
+    made = []
+    for job_id, node in pairs:
+        if claim_job(session, job_id=job_id, now=now) is not None:
+            made.append(create_attempt(session, job_id=job_id, node=node, now=now))
+    return made
 
 
 def _mark_served(session: Session, owner_id: int, now: datetime) -> None:
@@ -304,3 +444,15 @@ def expire_queued_jobs(
         ):
             expired.append(job_id)
     return expired
+
+
+def unclaim_job(session: Session, *, job_id: str) -> bool:
+    """A claimed job no node can take now goes back to the backlog (`dispatched` → `queued`)."""
+    return guarded_job_update(session, job_id, ("dispatched",), status="queued")
+
+
+def faulted_nodes_and_owner(session: Session, *, job: Job) -> tuple[set[str], str]:
+    """Nodes where the job already had a node fault, and its owner's name."""
+    faulted = {a.node for a in list_attempts(session, job_id=job.id) if a.status == "node_fault"}
+    owner = session.get(User, job.owner_id)
+    return faulted, owner.username if owner is not None else str(job.owner_id)

@@ -51,6 +51,7 @@ def create_job(
     pinned_node: str | None = None,
     webhook_url: str | None = None,
     batch_id: str | None = None,
+    parent_run: str | None = None,
     job_id: str | None = None,
     now: datetime | None = None,
 ) -> Job:
@@ -75,6 +76,7 @@ def create_job(
         pinned_node=pinned_node,
         webhook_url=webhook_url,
         batch_id=batch_id,
+        parent_run=parent_run,
         created_at=now or utcnow(),
         progress_value=0,
         progress_max=0,
@@ -82,6 +84,8 @@ def create_job(
         node_faults=0,
         cancel_requested=False,
     )
+    if isinstance(owner, User):
+        job.owner = owner  # loaded: the new job's JSON names its owner without reading it back
     try:
         with session.begin_nested():
             session.add(job)
@@ -200,6 +204,13 @@ def count_jobs(
         until=until,
     )
     return int(session.scalar(stmt) or 0)
+
+
+def job_statuses(session: Session, *, job_ids: Sequence[str]) -> dict[str, str]:
+    """The status of each of these jobs (one query; unknown ids are left out)."""
+    if not job_ids:
+        return {}
+    return dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(list(job_ids)))).all())
 
 
 def update_progress(

@@ -22,9 +22,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import URL, Connection, Engine, pool, text
+from sqlalchemy import URL, Connection, Engine, pool
 
 from comfyfleet.store.db import Database, make_engine
+from comfyfleet.store.locks import get_lock, release_lock
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _LOCK_NAME = "comfyfleet.migrate"
@@ -51,19 +52,14 @@ def _connection(target: Target) -> Iterator[Connection]:
     lock_name = f"{_LOCK_NAME}.{engine.url.database or ''}"[:64]  # one lock per database
     try:
         with engine.connect() as lock_conn:
-            if mysql:
-                got = lock_conn.execute(
-                    text("SELECT GET_LOCK(:name, :wait)"),
-                    {"name": lock_name, "wait": _LOCK_WAIT_S},
-                ).scalar()
-                if got != 1:
-                    raise RuntimeError(f"another migration holds the lock {lock_name!r}")
+            if mysql and not get_lock(lock_conn, name=lock_name, wait_s=_LOCK_WAIT_S):
+                raise RuntimeError(f"another migration holds the lock {lock_name!r}")
             try:
                 with engine.begin() as connection:
                     yield connection
             finally:
                 if mysql:
-                    lock_conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": lock_name})
+                    release_lock(lock_conn, name=lock_name)
                 lock_conn.rollback()
     finally:
         if engine is not target:

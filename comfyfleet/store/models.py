@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -182,6 +183,8 @@ class Token(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    single_use: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """Join tokens: the first join uses it up (it is revoked then)."""
 
     def __repr__(self) -> str:
         return f"Token(id={self.id!r}, kind={self.kind!r}, user_id={self.user_id!r})"
@@ -231,6 +234,8 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     batch_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    parent_run: Mapped[str | None] = mapped_column(String(64))
+    """The Prefect flow run that queued the job (routed or batch run): its task run shows there."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     dispatched_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
@@ -267,6 +272,7 @@ class Attempt(Base):
         CheckConstraint(_in("status", AttemptStatus), name="status"),
         UniqueConstraint("job_id", "number"),
         Index("ix_attempts_live_lease", "status", "lease_expires_at"),
+        Index("ix_attempts_node_holder", "node", "flow_run_id"),
         MYSQL_TABLE_OPTIONS,
     )
 

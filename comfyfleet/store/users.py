@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from comfyfleet.store.errors import Conflict, InvalidInput, NotFound
 from comfyfleet.store.models import ApiClient, AuditEntry, Token, User
@@ -95,6 +95,23 @@ def set_user_disabled(session: Session, *, username: str, disabled: bool = True)
 def set_password_hash(session: Session, *, user: User | int, password_hash: str) -> None:
     session.execute(
         update(User).where(User.id == _user_id(user)).values(password_hash=password_hash)
+    )
+
+
+def use_up_token(session: Session, *, token_id: int) -> bool:
+    """Revoke a single-use token as it is used; False when it was used (or revoked) already.
+    One UPDATE, so of two joins racing with the token only one gets it."""
+    result = session.execute(
+        update(Token)
+        .where(Token.id == token_id, Token.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
+def set_client_secret_hash(session: Session, *, client: ApiClient, secret_hash: str) -> None:
+    session.execute(
+        update(ApiClient).where(ApiClient.id == client.id).values(secret_hash=secret_hash)
     )
 
 
@@ -209,6 +226,7 @@ def add_token(
     client_id: str | None = None,
     expires_at: datetime | None,
     note: str = "",
+    single_use: bool = False,
 ) -> Token:
     token = Token(
         kind=kind,
@@ -217,14 +235,34 @@ def add_token(
         client_id=client_id,
         expires_at=expires_at,
         note=note[:255],
+        single_use=single_use,
     )
     session.add(token)
     session.flush()
     return token
 
 
+def get_token(session: Session, *, token_id: int) -> Token | None:
+    return session.get(Token, token_id)
+
+
 def find_token(session: Session, *, token_hash: str) -> Token | None:
     return session.scalars(select(Token).where(Token.token_hash == token_hash)).one_or_none()
+
+
+def find_bearer_token(
+    session: Session, *, token_hash: str
+) -> tuple[Token, User, ApiClient | None] | None:
+    """The bearer token with this digest, its user and its client (None for a user's own
+    token), in one SELECT; None when there is no such token."""
+    client = aliased(ApiClient)
+    found = session.execute(
+        select(Token, User, client)
+        .join(User, User.id == Token.user_id)
+        .outerjoin(client, client.id == Token.client_id)
+        .where(Token.token_hash == token_hash, Token.kind == "bearer")
+    ).one_or_none()
+    return None if found is None else (found[0], found[1], found[2])
 
 
 def list_tokens(

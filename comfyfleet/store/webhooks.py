@@ -1,4 +1,5 @@
-"""Webhook signing secrets and delivery attempts (rows; signing and sending: comfyfleet.webhooks).
+"""Webhook signing secrets and delivery attempts (rows; signing and sending are in
+comfyfleet.jobs.webhooks).
 
 - `webhook_secrets`: one active signing secret per scope, the scope being an API client
   (`client:<client id>`) or a user submitting without a client (`user:<user id>`). The secret
@@ -10,12 +11,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
-from sqlalchemy import ForeignKey, Index, String, Text, func, select, update
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    and_,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from comfyfleet.store.models import MYSQL_TABLE_OPTIONS, Base
+from comfyfleet.store.models import MYSQL_TABLE_OPTIONS, TERMINAL_JOB_STATUSES, Base, Job
 from comfyfleet.store.types import utcnow
 
 
@@ -144,3 +158,47 @@ def was_delivered(session: Session, *, webhook_id: str) -> bool:
         WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.delivered.is_(True)
     )
     return session.scalars(stmt.limit(1)).first() is not None
+
+
+def due_webhook_jobs(
+    session: Session,
+    *,
+    schedule: Sequence[float],
+    since: datetime,
+    limit: int,
+    now: datetime | None = None,
+) -> list[str]:
+    """Ended jobs (since `since`, oldest first) whose webhook message is not delivered and whose
+    next attempt is due now: never tried, or tried `n` times (`n < len(schedule)`) with the last
+    try `schedule[n]` seconds ago or more. One grouped query over the jobs and their attempts,
+    so delivered messages, however many, never crowd out the due ones."""
+    now = now or utcnow()
+    message = literal("job-") + Job.id + literal("-") + Job.status
+    tries = func.count(WebhookDelivery.id)
+    last = func.max(WebhookDelivery.at)
+    delivered = func.max(case((WebhookDelivery.delivered.is_(True), 1), else_=0))
+    due = or_(
+        tries == 0,
+        *(
+            and_(tries == n, last <= now - timedelta(seconds=delay))
+            for n, delay in enumerate(schedule)
+            if n > 0
+        ),
+    )
+    stmt = (
+        select(Job.id)
+        .outerjoin(
+            WebhookDelivery,
+            and_(WebhookDelivery.job_id == Job.id, WebhookDelivery.webhook_id == message),
+        )
+        .where(
+            Job.webhook_url.is_not(None),
+            Job.status.in_(TERMINAL_JOB_STATUSES),
+            Job.finished_at >= since,
+        )
+        .group_by(Job.id, Job.finished_at)
+        .having(delivered == 0, tries < len(schedule), due)
+        .order_by(Job.finished_at, Job.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))

@@ -131,7 +131,7 @@ async def test_chaos_every_job_completes_exactly_once(
 
 
 def _states(nodes: list[Any]) -> list[Any]:
-    from comfyfleet.fleet.registry import node_states
+    from comfyfleet.fleet.state import node_states
 
     known = {s.id: s for s in node_states()}
     return [known.get(n.id) or _Missing() for n in nodes]

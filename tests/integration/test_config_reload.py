@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from comfyfleet.config_reload import ConfigWatcher, read_settings
+from comfyfleet.fleet.config_reload import ConfigWatcher, read_settings
 from comfyfleet.fleet.router import Router
 from comfyfleet.store import Database, upgrade
 
@@ -55,8 +55,8 @@ def test_reload_applies_nodes_capacities_and_strategy(prefect_server: Any, tmp_p
     write(config, "round_robin", [{**a, "capacity": 3}, b])
     touched, pools, nodes = asyncio.run(step())
     assert touched and router.strategy == "round_robin"
-    assert pools["comfyui-reload-a"].concurrency_limit == 3
-    assert pools["comfyui-reload-b"].concurrency_limit == 1
+    assert nodes["reload-a"].capacity == 3 and nodes["reload-b"].capacity == 1
+    assert {"comfyui-reload-a", "comfyui-reload-b"} <= set(pools)
     assert nodes["reload-b"].url == "http://127.0.0.1:10"
 
     write(config, "round_robin", [{**a, "capacity": 3, "enabled": False}, b])

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -20,6 +19,7 @@ from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
@@ -27,12 +27,28 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.schedules import IntervalSchedule
 
 from comfyfleet import jobs
+from comfyfleet.fleet.provision import CONTROL_POOL, deploy
 from comfyfleet.store import list_jobs
-from deployments import CONTROL_POOL
-from deployments.fleet import BATCH_ENTRYPOINT, _deploy
+from deployments import BATCH_ENTRYPOINT, flow_spec
 from tests.integration.test_first_job import wait_final
 
 pytestmark = pytest.mark.integration
+
+
+async def job_task_runs(run_id, *, expect: int, timeout: float = 30.0) -> list:
+    """The `job` task runs shown in flow run `run_id`, once all `expect` are recorded (the
+    server records task runs from events, a moment after they happen)."""
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while True:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
+            found = [t for t in runs if "comfyfleet.job.id" in t.labels]
+            done = [t for t in found if t.state_type == StateType.COMPLETED]
+            if len(done) >= expect or time.monotonic() > deadline:
+                return found
+            await asyncio.sleep(0.3)
 
 
 def test_routed_deployment_from_the_prefect_cli_runs_through_the_backlog(
@@ -54,17 +70,28 @@ def test_routed_deployment_from_the_prefect_cli_runs_through_the_backlog(
 
 
 async def test_batch_from_a_file_completes_and_a_failing_batch_is_reported(
-    fleet_service, fleet_db, tmp_path: Path
+    fleet_service, fleet_db, tmp_path
 ) -> None:
-    ok = tmp_path / "ok.jsonl"
+    from comfyfleet.settings import get_settings
+
+    files_dir = get_settings().batch.files_dir  # the only place batch files are read from
+    files_dir.mkdir(parents=True, exist_ok=True)
+    ok = files_dir / "ok.jsonl"
     ok.write_text("\n".join(json.dumps({"seconds": 0.2, "seed": 9000 + i}) for i in range(4)))
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text(ok.read_text())
     async with get_client() as client:
         dep = await client.read_deployment_by_name("batch/fleet")
         run = await client.create_flow_run_from_deployment(
-            dep.id, parameters={"workflow": "delay", "file": str(ok)}
+            dep.id, parameters={"workflow": "delay", "file": ok.name}
+        )
+        refused = await client.create_flow_run_from_deployment(
+            dep.id, parameters={"workflow": "delay", "file": str(outside)}
         )
         good = await wait_final(run.id, timeout=240)
         assert good.state.is_completed(), good.state
+        elsewhere = await wait_final(refused.id, timeout=240)
+        assert elsewhere.state.is_failed() and "batch.files_dir" in elsewhere.state.message
         broken = {"seconds": 0.1, "message": "boom", "seed": 1}
         failing = await client.create_flow_run_from_deployment(
             dep.id, parameters={"workflow": "fail", "items": [broken]}
@@ -80,6 +107,16 @@ async def test_batch_from_a_file_completes_and_a_failing_batch_is_reported(
     assert all(r["node"] and r["outputs"] for r in rows)
     batch_jobs = [jobs.get(fleet_db, r["job"]) for r in rows]
     assert len({j.batch_id for j in batch_jobs}) == 1 and batch_jobs[0].batch_id
+    # each job's task run is a child of the batch run (though a node's shift ran it), labelled
+    assert {j.parent_run for j in batch_jobs} == {str(run.id)}
+    children = await job_task_runs(run.id, expect=len(batch_jobs))
+    assert {t.labels["comfyfleet.job.id"] for t in children} == {j.id for j in batch_jobs}
+    for t in children:
+        j = next(j for j in batch_jobs if j.id == t.labels["comfyfleet.job.id"])
+        assert t.name == f"wf-{j.id}" and t.state_type == StateType.COMPLETED
+        assert t.labels["comfyfleet.node.id"] == j.node and f"node:{j.node}" in t.tags
+        assert t.labels["comfyfleet.user.id"] == str(j.owner_id)
+        assert t.labels["comfyfleet.workflow.id"] == "delay"
 
 
 async def test_a_batch_with_a_bad_item_queues_nothing(fleet_service, fleet_db) -> None:
@@ -97,8 +134,8 @@ async def test_a_batch_with_a_bad_item_queues_nothing(fleet_service, fleet_db) -
 
 async def test_scheduled_batch_deployment_fires_on_its_schedule(fleet_service, fleet_db) -> None:
     async with get_client() as client:
-        dep_id = await _deploy(
-            client, BATCH_ENTRYPOINT, name="every-few-seconds", pool=CONTROL_POOL,
+        dep_id = await deploy(
+            client, flow_spec(BATCH_ENTRYPOINT), name="every-few-seconds", pool=CONTROL_POOL,
             parameters={"workflow": "delay", "items": [{"seconds": 0.1}]},
             tags=["batch", "scheduled"], description="test schedule",
             schedules=[DeploymentScheduleCreate(schedule=IntervalSchedule(

@@ -13,6 +13,7 @@ from PIL import Image
 from comfyfleet import jobs
 from comfyfleet.catalog import ParamError
 from comfyfleet.jobs import JobRequest
+from tests.fixtures.chaos import shift_working, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -20,6 +21,20 @@ pytestmark = pytest.mark.integration
 def delay(seconds: float, **params: object) -> JobRequest:
     priority = params.pop("priority", "normal")
     return JobRequest(workflow="delay", params={"seconds": seconds, **params}, priority=priority)
+
+
+async def wait_all_placed(db, ids: list[str], *, timeout: float = 60.0) -> None:
+    """Until every job holds a slot at once, running or queued on its node right behind the one
+    running (one that ended before the last was placed fails the wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = Counter(jobs.get(db, i).status for i in ids)
+        if states["running"] + states["dispatched"] == len(ids) and states["running"]:
+            return
+        ended = sum(states[s] for s in ("completed", "failed", "cancelled"))
+        assert not ended, f"a job ended before all ran at once: {dict(states)}"
+        assert time.monotonic() < deadline, f"not all running after {timeout}s: {dict(states)}"
+        await asyncio.sleep(0.1)
 
 
 async def wait_all(db, ids: list[str], *, timeout: float = 240.0) -> list:
@@ -38,6 +53,8 @@ async def test_submitted_jobs_run_on_the_fleet_with_outputs_and_provenance(
     fleet_service, fleet_db, principals, comfy_fleet
 ) -> None:
     alice = principals["alice"]
+    for node in comfy_fleet:  # every node is worked (a node without its shift gets nothing)
+        await wait_for(lambda n=node.id: shift_working(fleet_db, n), timeout=120, what=node.id)
     submitted = time.monotonic()
     ids = [jobs.submit(fleet_db, delay(0.5, seed=i), principal=alice).id for i in range(8)]
     done = await wait_all(fleet_db, ids)
@@ -67,13 +84,16 @@ async def test_text_to_image_job_through_the_dispatcher_uses_the_typed_flow(
     [output] = done.outputs
     assert Image.open(output.path).size == (64, 80)
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-    async with get_client() as client:
+    async with get_client() as client:  # one task run in the node's shift, named for the job
         run = await client.read_flow_run(done.attempts[0].flow_run_id)
-    assert run.name == f"t2i-{job.id}"
-    assert {f"job:{job.id}", f"node:{done.node}", "user:bob", "workflow:sd15-basic"} <= set(
-        run.tags
-    )
+        [task_run] = await client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[f"t2i-{job.id}"]))
+        )
+    assert run.name == f"shift-{done.node}" and task_run.flow_run_id == run.id
+    assert {f"node:{done.node}", "workflow:sd15-basic"} <= set(task_run.tags)
+    assert task_run.state is not None and task_run.state.is_completed()
 
 
 def test_bad_parameters_are_rejected_before_anything_is_written(fleet_db, principals) -> None:
@@ -90,20 +110,26 @@ async def test_high_priority_job_starts_at_the_next_free_slot(
 ) -> None:
     alice = principals["alice"]
     slots = 2 * len(comfy_fleet)
-    blockers = [jobs.submit(fleet_db, delay(3, seed=100 + i), principal=alice).id
+    blockers = [jobs.submit(fleet_db, delay(6, seed=100 + i), principal=alice).id
                 for i in range(slots)]  # fmt: skip
-    await asyncio.sleep(1.5)  # every slot busy
-    normals = [jobs.submit(fleet_db, delay(1, seed=200 + i), principal=alice).id
+    catalog = jobs.load_catalog()  # read once: the normal and high jobs go in within moments
+    await wait_all_placed(fleet_db, blockers)  # every slot busy
+    normals = [jobs.submit(fleet_db, delay(1, seed=200 + i), principal=alice, catalog=catalog).id
                for i in range(12)]  # fmt: skip
-    high = jobs.submit(fleet_db, delay(0.2, seed=300, priority="high"), principal=alice).id
+    high = jobs.submit(
+        fleet_db, delay(0.2, seed=300, priority="high"), principal=alice, catalog=catalog
+    ).id
     done = await wait_all(fleet_db, [*blockers, *normals, high])
     assert all(j.status == "completed" for j in done)
     by_id = {j.id: j for j in done}
-    high_start = by_id[high].started_at
-    started_before = [n for n in normals if by_id[n].started_at < high_start]
-    assert len(started_before) == 0, (
-        f"{len(started_before)} normal jobs started before the high one"
+    # The dispatcher's choice is when a job gets its slot (`dispatched_at`); when its prompt then
+    # reaches the node (`started_at`) also depends on that node's flow run, a few ms either way.
+    high_placed = by_id[high].dispatched_at
+    placed_before = [n for n in normals if by_id[n].dispatched_at < high_placed]
+    assert len(placed_before) == 0, (
+        f"{len(placed_before)} normal jobs got a slot before the high one"
     )
+    assert high_placed >= min(by_id[b].finished_at for b in blockers)  # the next free slot
 
 
 async def test_cancel_queued_and_running_jobs(
@@ -136,7 +162,12 @@ async def test_cancel_queued_and_running_jobs(
 
     url = next(n.url for n in comfy_fleet if n.id == run.node)
     async with ComfyUIClient(url) as comfy:
-        entry = await comfy.history(run.attempts[-1].id)
+        entry = None
+        for _ in range(50):  # ComfyUI records the interrupted prompt once its execution stops
+            entry = await comfy.history(run.attempts[-1].id)
+            if entry is not None:
+                break
+            await asyncio.sleep(0.2)
         assert entry is not None and entry.status_str == "error"
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from comfyfleet import doctor
+from comfyfleet.local import doctor
 from comfyfleet.settings import get_settings
 
 pytestmark = pytest.mark.integration

@@ -114,6 +114,15 @@ def test_up_serves_gradio_restarts_a_dead_worker_and_down_leaves_nothing(
         for url in (f"{web}/", f"{web}/docs", f"{web}/metrics",
                     f"http://127.0.0.1:{fleet_dir['ports']['prefect']}"):  # fmt: skip
             assert url in banner
+        # prefect.yaml was applied: the example schedule is there, off
+        inspect = subprocess.run(
+            [sys.executable, "-m", "prefect", "deployment", "inspect", "batch/nightly-example"],
+            cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+            env={**env, "PREFECT_API_URL": f"http://127.0.0.1:{fleet_dir['ports']['prefect']}/api",
+                 "PREFECT_API_AUTH_STRING": (var / "prefect-auth-string").read_text().strip()},
+        )  # fmt: skip
+        assert inspect.returncode == 0, inspect.stdout + inspect.stderr
+        assert "0 2 * * *" in inspect.stdout and "'active': False" in inspect.stdout
 
         generate_in_browser(web, password)
 

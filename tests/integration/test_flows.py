@@ -15,7 +15,7 @@ from prefect.client.orchestration import get_client
 from prefect.states import Cancelling
 
 from comfyfleet.comfyui import ComfyUIClient
-from comfyfleet.inputs import NODE_SUBFOLDER
+from comfyfleet.jobs.inputs import NODE_SUBFOLDER
 from tests.integration.test_first_job import job_of_run, wait_final
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,12 @@ async def test_sdxl_flow_makes_a_png_of_the_requested_size(prefect_fleet, comfy_
 
 
 def _still(tmp_path: Path, colour: tuple[int, int, int]) -> Path:
-    path = tmp_path / f"still-{colour[0]}.png"
+    """An input image where flows may read server files: `batch.files_dir`."""
+    from comfyfleet.settings import get_settings
+
+    folder = get_settings().batch.files_dir / tmp_path.name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"still-{colour[0]}.png"
     Image.new("RGB", (64, 64), colour).save(path)
     return path
 
@@ -117,6 +122,9 @@ async def test_cancelling_from_prefect_interrupts_the_prompt_on_the_node(
         final = await wait_final(run.id, timeout=60)
         print(f"Cancelling → {final.state_name} in {time.monotonic() - cancelled_at:.2f}s")
         assert final.state.is_cancelled(), final.state
+        async with get_client() as client:  # never reported Crashed on the way
+            states = [s.type.value for s in await client.read_flow_run_states(run.id)]
+        assert "CRASHED" not in states, states
         entry = None
         for _ in range(50):  # the interrupted prompt lands in the node's history
             entry = await comfy.history(prompt_id)
@@ -125,3 +133,31 @@ async def test_cancelling_from_prefect_interrupts_the_prompt_on_the_node(
             await asyncio.sleep(0.2)
         assert entry is not None and entry.status_str == "error"
         assert (await comfy.queue()).running == []
+
+
+async def test_cancelling_a_shift_from_prefect_hands_its_running_job_to_the_next_shift(
+    fleet_service, fleet_db, principals
+) -> None:
+    from uuid import UUID
+
+    from comfyfleet import jobs
+    from comfyfleet.jobs import JobRequest
+
+    request = JobRequest(workflow="delay", params={"seconds": 4, "steps": 8, "seed": 7100})
+    job_id = jobs.submit(fleet_db, request, principal=principals["alice"]).id
+    deadline = time.monotonic() + 60
+    while (job := jobs.get(fleet_db, job_id)).status != "running":
+        assert time.monotonic() < deadline, f"the job never started: {job.status}"
+        await asyncio.sleep(0.1)
+    shift = UUID(job.attempts[-1].flow_run_id)
+    async with get_client() as client:
+        await client.set_flow_run_state(shift, Cancelling(), force=True)
+        final = await wait_final(shift, timeout=60)
+        states = [s.type.value for s in await client.read_flow_run_states(shift)]
+    assert final.state.is_cancelled() and "CRASHED" not in states, states
+    deadline = time.monotonic() + 120
+    while (job := jobs.get(fleet_db, job_id)).status not in ("completed", "failed", "cancelled"):
+        assert time.monotonic() < deadline, f"the handed-back job never ended: {job.status}"
+        await asyncio.sleep(0.2)
+    assert job.status == "completed" and job.outputs, (job.status, job.error)
+    assert job.attempts[-1].flow_run_id != str(shift)  # the node's next shift finished it

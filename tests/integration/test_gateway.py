@@ -36,7 +36,7 @@ from tests.fixtures.gateway import (
     make_account,
     make_settings,
 )
-from tests.unit.test_api_tasks import png_bytes
+from tests.unit.api.test_tasks import png_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -151,6 +151,62 @@ async def test_sse_stream_shows_state_first_then_progress_status_outputs_and_end
     assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
 
 
+async def test_sse_stream_relays_each_new_preview_of_a_running_job_as_a_small_jpeg(
+    gateway_server: ServerThread, api_users: Accounts, api_db: Database, api_settings: Any
+) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    from comfyfleet.jobs.previews import PreviewWriter
+
+    headers = api_users.alice.headers
+    async with httpx.AsyncClient(base_url=gateway_server.url) as client:
+        job = (
+            await client.post(
+                "/api/v2/tasks", headers=headers, json={"workflow": "delay", "params": {}}
+            )
+        ).json()
+    with api_db.session() as s:
+        claim_job(s, job_id=job["id"])
+    with api_db.session() as s:
+        attempt_id = create_attempt(s, job_id=job["id"], node="gpu-3", lease_s=60).id
+    with api_db.session() as s:
+        mark_attempt_running(s, attempt_id=attempt_id, lease_s=60)
+    writer = PreviewWriter(job["id"], outputs_dir=api_settings.store.outputs_dir)
+    frames = []
+    for color in ("red", "blue"):
+        out = io.BytesIO()
+        Image.new("RGB", (768, 512), color).save(out, format="PNG")
+        frames.append(out.getvalue())
+
+    def sample() -> None:  # a node sampling: a frame, a pause, another, then the end
+        for frame in frames:
+            writer.offer(frame)
+            time.sleep(1.2)
+        writer.close()
+        with api_db.session() as s:
+            store_complete_job(s, job_id=job["id"], attempt_id=attempt_id)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    events = await collect(f"{gateway_server.url}/api/v2/tasks/{job['id']}/events", headers)
+    thread.join()
+    previews = [e.data for e in events if e.event == "preview"]
+    assert len(previews) == 2, [e.event for e in events]
+    colors = []
+    for preview in previews:
+        assert preview["job_id"] == job["id"]
+        head, _, data = preview["image"].partition(",")
+        assert head == "data:image/jpeg;base64"
+        with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+            assert img.format == "JPEG" and img.size == (256, 171)
+            colors.append(img.convert("RGB").getpixel((5, 5)))
+    assert colors[0][0] > 200 and colors[1][2] > 200  # red, then blue
+    assert [e.event for e in events][-1] == "end"
+
+
 async def test_sse_reconnect_gets_the_current_state_first(
     gateway_server: ServerThread, api_users: Accounts, api_db: Database, api_settings: Any
 ) -> None:
@@ -225,7 +281,8 @@ async def test_webhook_to_a_local_receiver_is_signed_and_retried_until_accepted(
     receiver: Any,
     gateway_server: ServerThread,
 ) -> None:
-    from comfyfleet.webhooks import deliver_job_event
+    from comfyfleet.jobs.webhook_targets import WebhookPolicy
+    from comfyfleet.jobs.webhooks import deliver_job_event
 
     hook, hook_url = receiver
     async with httpx.AsyncClient(base_url=gateway_server.url) as client:
@@ -240,7 +297,11 @@ async def test_webhook_to_a_local_receiver_is_signed_and_retried_until_accepted(
     complete_job(api_db, job["id"], {"out.png": png_bytes()}, api_settings.store.outputs_dir)
     started = time.monotonic()
     result = await deliver_job_event(
-        job["id"], db=api_db, schedule=(0, 0.3, 0.6), base_url=gateway_server.url
+        job["id"],
+        db=api_db,
+        schedule=(0, 0.3, 0.6),
+        base_url=gateway_server.url,
+        policy=WebhookPolicy.from_settings(api_settings),  # it allows the loopback receiver
     )
     assert result.delivered and result.status_codes == [500, 503, 200]
     assert len(hook.received) == 3

@@ -51,7 +51,7 @@ async def test_rest_job_runs_on_the_fleet_and_streams_real_progress(
 async def test_image_to_video_upload_runs_on_the_fleet(
     fleet_gateway: Any, fleet_accounts: dict[str, Account]
 ) -> None:
-    from tests.unit.test_api_tasks import png_bytes
+    from tests.unit.api.test_tasks import png_bytes
 
     bob = fleet_accounts["bob"]
     async with httpx.AsyncClient(base_url=fleet_gateway.url, timeout=180) as client:

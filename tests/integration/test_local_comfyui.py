@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from comfyfleet.localnode import TINY_CHECKPOINTS, ComfyUIInstall
+from comfyfleet.local.node import TINY_CHECKPOINTS, ComfyUIInstall
 from tests.fixtures.comfy import NodeHandle, start_nodes
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -37,9 +36,11 @@ import yaml
 
 from comfyfleet import jobs
 from comfyfleet.auth import Principal, create_user
-from comfyfleet.fleet.registry import node_states, pool_name
-from comfyfleet.localnode import LocalComfyUI, ensure_comfyui_install, free_port
-from comfyfleet.prefect_server import PrefectServer, prefect_env
+from comfyfleet.fleet.provision import pool_name
+from comfyfleet.fleet.state import node_states
+from comfyfleet.local.node import LocalComfyUI, ensure_comfyui_install, free_port
+from comfyfleet.local.prefect_server import PrefectServer, prefect_env
+from comfyfleet.local.supervisor import stop_process_group
 from comfyfleet.settings import NodeConfig
 from comfyfleet.store import Database, upgrade
 from tests.fixtures.chaos import wait_for
@@ -86,15 +87,8 @@ class Child:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # a Prefect worker may ignore the first one
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is not None and proc.poll() is None:
+            stop_process_group(proc, grace_s=10)
 
 
 class NamespacedComfyUI(LocalComfyUI):

@@ -21,7 +21,8 @@ import pytest
 
 from comfyfleet import jobs
 from comfyfleet.cli import main
-from comfyfleet.fleet.registry import RegistryFleet, pool_name
+from comfyfleet.fleet.provision import pool_name
+from comfyfleet.fleet.registry import RegistryFleet
 from comfyfleet.jobs import JobRequest
 from comfyfleet.store import Database, get_job, utcnow
 from comfyfleet.store.models import Token
@@ -74,7 +75,7 @@ async def cli(gateway: str, *argv: str) -> tuple[int, str]:
 
 
 async def registered(node_id: str) -> dict[str, Any]:
-    """What Prefect has for a node: block data, pool limit, deployments (None when absent)."""
+    """What Prefect has for a node: block data, pool, deployments (None when absent)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
     from prefect.exceptions import ObjectNotFound
@@ -89,16 +90,14 @@ async def registered(node_id: str) -> dict[str, Any]:
             data = None
         try:
             pool = await client.read_work_pool(pool_name(node_id))
-            limit = pool.concurrency_limit
         except ObjectNotFound:
-            pool, limit = None, None
+            pool = None
         deployments = await client.read_deployments(
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool_name(node_id)]))
         )
     return {
         "block": data,
         "pool": pool is not None,
-        "limit": limit,
         "deployments": sorted(d.name for d in deployments),
     }
 
@@ -156,8 +155,11 @@ async def test_a_real_comfyui_joins_runs_a_job_rejoins_and_leaves_after_its_job(
             assert code == 0, out
             assert f"node {JOINER} joined: pool {pool_name(JOINER)}" in out
             prefect = await registered(JOINER)
-            assert prefect["block"]["url"] == disposable_node.url and prefect["limit"] == 1
-            assert prefect["deployments"] == [JOINER]  # comfy-workflow/joiner-1 (delay only)
+            assert (
+                prefect["block"]["url"] == disposable_node.url and prefect["block"]["capacity"] == 1
+            )
+            # comfy-workflow/joiner-1 (delay only) and the node's shift, node-shift/joiner-1
+            assert prefect["deployments"] == [JOINER, JOINER]
             async with httpx.AsyncClient(timeout=10) as http:
                 stats = (await http.get(f"{disposable_node.url}/system_stats")).json()
             node = await admin_node(api, JOINER)
@@ -194,7 +196,7 @@ async def test_a_real_comfyui_joins_runs_a_job_rejoins_and_leaves_after_its_job(
             )  # fmt: skip
             assert code == 0 and f"node {JOINER} updated" in out, out
             prefect = await registered(JOINER)
-            assert prefect["limit"] == 2 and prefect["block"]["capacity"] == 2
+            assert prefect["block"]["capacity"] == 2
             assert prefect["block"]["capabilities"] == ["delay"]
             node = await admin_node(api, JOINER)
             assert node["metadata"]["rack"] == "r9" and node["joined"]["token_id"] == second["id"]
@@ -222,7 +224,7 @@ async def test_a_real_comfyui_joins_runs_a_job_rejoins_and_leaves_after_its_job(
             assert [a.node for a in finished.attempts] == [JOINER]  # never moved
             assert finished.finished_at <= left_at
             assert await registered(JOINER) == {
-                "block": None, "pool": False, "limit": None, "deployments": []
+                "block": None, "pool": False, "deployments": []
             }  # fmt: skip
             assert await admin_node(api, JOINER) is None
             assert (
@@ -269,6 +271,6 @@ async def test_bad_tokens_and_unreachable_urls_are_refused_and_register_nothing(
             )
             assert code == 1 and reason in out, (reason, out)
             assert await registered(name) == {
-                "block": None, "pool": False, "limit": None, "deployments": []
+                "block": None, "pool": False, "deployments": []
             }  # fmt: skip
             assert await admin_node(api, name) is None

@@ -128,8 +128,8 @@ def test_job_lifecycle_to_completed_with_outputs(db: Database) -> None:
 def test_an_attempt_ended_by_the_fleet_cannot_complete_the_job(db: Database) -> None:
     """Lease expired → node fault → a new attempt; the first prompt then finishes after all.
     Its completion is refused and records nothing; the live attempt's completion is the one."""
-    from comfyfleet import attempts
-    from comfyfleet.outputs import OutputRecord
+    from comfyfleet.jobs import attempts
+    from comfyfleet.jobs.outputs import OutputRecord
 
     alice = make_user(db, "alice")
     job = make_job(db, alice)

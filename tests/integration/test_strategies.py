@@ -7,6 +7,7 @@ matters, node capacities/weights applied to the registry, then restores the sess
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,12 +18,31 @@ import pytest
 from PIL import Image
 
 from comfyfleet import jobs
-from comfyfleet.inputs import InputStore
+from comfyfleet.fleet.state import node_states, state_path
+from comfyfleet.jobs.inputs import InputStore
 from comfyfleet.settings import get_settings
 from deployments import apply_fleet
 from tests.integration.test_dispatch import delay, wait_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def in_rotation(service: Any, nodes: list[Any], *, timeout: float = 60.0) -> None:
+    """Until the restarted service's snapshot shows every node healthy, as configured (its
+    first probe of every node)."""
+    path = state_path()
+    want = {n.id: n.capacity for n in nodes}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            written_by = json.loads(path.read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            written_by = None
+        seen = {n.id: n for n in node_states()} if written_by == service.proc.pid else {}
+        if all(i in seen and seen[i].healthy and seen[i].capacity == c for i, c in want.items()):
+            return
+        assert time.monotonic() < deadline, f"nodes not in rotation after {timeout}s: {seen}"
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -41,6 +61,7 @@ def fleet_as(fleet_service, comfy_fleet) -> Iterator[Any]:
         asyncio.run(apply_fleet(nodes))
         fleet_service.stop()
         fleet_service.start(COMFYFLEET_ROUTING__STRATEGY=strategy)
+        in_rotation(fleet_service, nodes)
 
     yield restart
     asyncio.run(apply_fleet(original))
@@ -58,7 +79,6 @@ def test_round_robin_spreads_jobs_exactly_evenly(
     """A wave that fits the fleet's free slots is dealt out in turn, one job per node per round.
     (Later jobs go to whichever node frees a slot first, so only a wave is exact.)"""
     fleet_as("round_robin", capacity=4)
-    time.sleep(3)  # first probe of every node
     n = len(comfy_fleet)
     ids = [jobs.submit(fleet_db, delay(2, seed=11_000 + i), principal=principals["alice"]).id
            for i in range(4 * n)]  # fmt: skip
@@ -73,9 +93,9 @@ def test_weighted_shares_follow_the_weights(fleet_as, fleet_db, principals, comf
     """With every node free, a wave of jobs splits by weight (late binding: weights set the
     shares while several nodes have a free slot). Capacity 2 x weight lets each node take
     exactly its share of a wave of 2 x sum(weights) jobs without filling up early."""
-    weights = {node.id: w for node, w in zip(comfy_fleet, (1, 1, 2, 4), strict=False)}
+    spread = (1, 1, 2, 4) + (1,) * max(0, len(comfy_fleet) - 4)
+    weights = {node.id: w for node, w in zip(comfy_fleet, spread, strict=False)}
     fleet_as("weighted", capacity=2 * max(weights.values()), weights=weights)
-    time.sleep(3)  # first probe of every node
     wave = 2 * int(sum(weights.values()))
     ids = [jobs.submit(fleet_db, delay(2, seed=12_000 + i), principal=principals["bob"]).id
            for i in range(wave)]  # fmt: skip

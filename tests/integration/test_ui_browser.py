@@ -1,67 +1,32 @@
 """The Gradio UI in a real browser (Debian's Chromium driven by Python Playwright, no browser
-download): log in, generate an image on the CPU fleet, watch ComfyUI's steps in the progress bar,
-see the image; an admin sees the nodes. Screenshots go to test-output/ui/."""
+download) against the web process in its own process: log in, generate an image on the CPU
+fleet, watch ComfyUI's steps in the progress bar and the sampler's previews, see the image; an
+admin sees the nodes and everyone's history. Screenshots go to test-output/ui/."""
 
 from __future__ import annotations
 
-import os
+import io
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures.gateway import PASSWORD, ServerThread
+from tests.fixtures.web import WebProcess, login
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "test-output" / "ui"
-CHROMIUM = next(
-    (p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if Path(p).exists()), None
-)
 STEP_RE = re.compile(r"(\d+)\s*/\s*(\d+)")
+JOB_TEXT = re.compile(r"Job\s+([0-9a-f]{32})")
 
 
 @pytest.fixture(scope="module")
-def web(fleet_service: Any, fleet_db: Any, principals: Any, tmp_path_factory: Any) -> Iterator[str]:
-    """The web process (gateway + UI) on the session's fleet, on a free port."""
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    from comfyfleet.settings import get_settings
-    from gradio_app import build_web_app
-
-    app = build_web_app(get_settings(), db=fleet_db)
-    server = ServerThread(app)
-    server.start()
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.fail(
-            "Chromium is missing: `make browser` (apt-get install -y chromium)", pytrace=False
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--disable-gpu", "--disable-quic"]
-        )
-        yield browser
-        browser.close()
-
-
-def login(page: Any, url: str, username: str) -> None:
-    page.goto(url + "/", wait_until="networkidle")
-    page.get_by_label("username").fill(username)
-    page.get_by_label("password").fill(PASSWORD)
-    page.get_by_role("button", name="Login").click()
-    page.get_by_text(f"Logged in as {username}").wait_for(timeout=30_000)
+def web(web_process: WebProcess) -> str:
+    """The web process (gateway + UI, its own process) on the session's fleet."""
+    return web_process.url
 
 
 def test_login_generate_watch_steps_and_see_the_image(web: str, browser: Any) -> None:
@@ -73,15 +38,22 @@ def test_login_generate_watch_steps_and_see_the_image(web: str, browser: Any) ->
     page.get_by_role("tab", name="Text to image").click()
     panel = page.get_by_role("tabpanel")
     panel.get_by_label("Prompt").first.fill("a red fox in the snow, oil painting")
-    panel.get_by_label("Steps").first.fill("12")
+    # 40 steps at 128 px: sampling lasts a few seconds, so the throttled progress events (1/s)
+    # show several steps
+    for label, value in (("Steps", "40"), ("Width", "128"), ("Height", "128")):
+        panel.get_by_label(label).first.fill(value)
     panel.get_by_role("button", name="Generate").first.click()
     seen: list[str] = []
     deadline = time.monotonic() + 180
-    image = panel.locator("img[src*='file=']").first
+    image = panel.locator("img[src*='file='][src$='.png']").first  # the result, not a preview
     while time.monotonic() < deadline:
-        bars = page.locator("[role=progressbar]")
-        if bars.count():
-            text = bars.first.get_attribute("aria-valuetext") or ""
+        # one look at the bars as they are now (a bar that goes away between a count and a
+        # read would make the read wait for it)
+        texts = page.eval_on_selector_all(
+            "[role=progressbar]", "bars => bars.map(b => b.getAttribute('aria-valuetext'))"
+        )
+        if texts:
+            text = texts[0] or ""
             if text and (not seen or seen[-1] != text):
                 seen.append(text)
                 if STEP_RE.search(text) and not (SHOTS / "progress.png").exists():
@@ -94,9 +66,47 @@ def test_login_generate_watch_steps_and_see_the_image(web: str, browser: Any) ->
     print(f"[ui] progress texts seen: {seen}")
     print(f"[ui] login -> image in {time.monotonic() - started:.1f} s")
     assert image.is_visible(), f"no image; progress seen: {seen}"
-    assert len({s for s in steps if s[1] == 12}) >= 2, seen
+    assert len({s for s in steps if s[1] == 40}) >= 2, seen
     assert page.get_by_text("node **").count() == 0  # markdown rendered, not raw
     assert page.get_by_text(re.compile(r"node gpu-\d")).count() >= 1
+
+
+def test_a_20_step_job_shows_distinct_previews_before_its_image(web: str, browser: Any) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    login(page, web, "bob")
+    page.get_by_role("tab", name="Text to image").click()
+    panel = page.get_by_role("tabpanel")
+    panel.get_by_label("Prompt").first.fill("a lighthouse at dusk")
+    for label, value in (("Steps", "20"), ("Width", "128"), ("Height", "128")):
+        panel.get_by_label(label).first.fill(value)
+    panel.get_by_role("button", name="Generate").first.click()
+    previews: list[str] = []
+    final = panel.locator("img[src*='file='][src$='.png']").first
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not final.count():
+        for src in page.eval_on_selector_all(
+            "img[src*='preview-']", "imgs => imgs.map(i => i.getAttribute('src'))"
+        ):
+            if src not in previews:
+                previews.append(src)
+                if len(previews) == 2:
+                    page.screenshot(path=str(SHOTS / "preview.png"))
+        time.sleep(0.05)
+    final.wait_for(timeout=5_000)
+    fetched = {src: page.request.get(web + src if src.startswith("/") else src)
+               for src in previews}  # fmt: skip
+    contents = {r.body() for r in fetched.values()}
+    print(f"[ui] {len(previews)} previews, {len(contents)} distinct, before the image")
+    assert len(contents) >= 2, previews
+    not_jpeg = [(src, r.status, r.headers.get("content-type"), len(r.body()), r.body()[:16])
+                for src, r in fetched.items() if not r.body().startswith(b"\xff\xd8")]  # fmt: skip
+    assert not not_jpeg, not_jpeg  # every preview is a JPEG
+    from PIL import Image
+
+    for data in contents:
+        with Image.open(io.BytesIO(data)) as img:
+            assert max(img.size) <= 256
 
 
 def test_admin_sees_the_nodes(web: str, browser: Any) -> None:
@@ -118,3 +128,52 @@ def test_the_admin_tab_is_hidden_from_users(web: str, browser: Any) -> None:
     login(page, web, "bob")
     assert page.get_by_role("tab", name="Text to image").is_visible()
     assert page.get_by_role("tab", name="Admin").count() == 0
+
+
+def test_history_is_per_person_with_download_and_rerun_and_admins_see_everyone(
+    web: str, browser: Any, fleet_db: Any, principals: dict[str, Any]
+) -> None:
+    from comfyfleet import jobs
+
+    for who in ("alice", "bob"):  # one finished job each, whatever ran before
+        job = jobs.submit(
+            fleet_db,
+            jobs.JobRequest(workflow="delay", params={"seconds": 0.2, "steps": 2}),
+            principal=principals[who],
+        )
+        jobs.wait(fleet_db, job.id, timeout=120)
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    login(page, web, "alice")
+    page.get_by_role("tab", name="My history").click()
+    table = page.locator("#history-table")
+    cells = "[role=gridcell][data-col='{}']"  # the visible grid (the <td>s only size it)
+    table.locator(cells.format(2)).filter(has_text="delay").first.wait_for(timeout=30_000)
+    assert set(table.locator(cells.format(1)).all_inner_texts()) == {"alice"}
+    assert not page.get_by_label("Everyone's jobs (admins)").is_visible()
+    table.locator(cells.format(3)).filter(has_text="completed").first.click()
+    deadline = time.monotonic() + 30
+    while not page.get_by_label("Selected job").input_value():
+        assert time.monotonic() < deadline, "selecting a row picked no job"
+        time.sleep(0.1)
+    chosen = page.get_by_label("Selected job").input_value()
+    download = page.locator("a[download]").first
+    download.wait_for(timeout=30_000)
+    href = download.get_attribute("href") or ""
+    assert page.request.get(web + href if href.startswith("/") else href).ok
+    page.get_by_role("button", name="Re-run with the same parameters").click()
+    page.locator("#rerun-image img[src*='file='][src$='.png']").wait_for(timeout=120_000)
+    rerun = JOB_TEXT.search(page.locator("#rerun-info").inner_text())
+    assert rerun is not None and rerun.group(1) != chosen
+    again, old = jobs.get(fleet_db, rerun.group(1)), jobs.get(fleet_db, chosen)
+    assert again.status == "completed" and again.request == old.request
+    page.screenshot(path=str(SHOTS / "history.png"), full_page=True)
+
+    admin = browser.new_page(viewport={"width": 1280, "height": 1000})
+    login(admin, web, "root")
+    admin.get_by_role("tab", name="My history").click()
+    admin.get_by_label("Everyone's jobs (admins)").check()
+    table = admin.locator("#history-table")
+    deadline = time.monotonic() + 30
+    while not {"alice", "bob"} <= set(table.locator(cells.format(1)).all_inner_texts()):
+        assert time.monotonic() < deadline, table.inner_text()
+        time.sleep(0.2)

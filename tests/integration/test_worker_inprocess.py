@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
-from deployments.fleet import _deploy, _upsert_pool
+from comfyfleet.fleet.provision import deploy, upsert_pool
+from deployments import flow_spec
 from tests.integration.test_first_job import wait_final
 
 pytestmark = pytest.mark.integration
@@ -25,16 +26,25 @@ def probe_pool(prefect_fleet, tmp_path_factory):
 
     async def setup() -> object:
         async with get_client() as client:
-            await _upsert_pool(client, POOL, limit=4, description="in-process worker probe")
-            return await _deploy(
-                client, "tests/support/probe_flows.py:probe_sleep", name="probe", pool=POOL,
-                parameters={}, tags=["test"], description="latency and concurrency probe",
+            await upsert_pool(client, POOL, limit=4, description="in-process worker probe")
+            return await deploy(
+                client, flow_spec("tests/support/probe_flows.py:probe_sleep"), name="probe",
+                pool=POOL, parameters={}, tags=["test"],
+                description="latency and concurrency probe",
             )  # fmt: skip
+
+    async def worker_synced() -> None:
+        """The worker has synced its pool (its heartbeat is on the server): it polls now."""
+        deadline = time.monotonic() + 60
+        async with get_client() as client:
+            while not await client.read_workers_for_work_pool(work_pool_name=POOL):
+                assert time.monotonic() < deadline, f"no worker on {POOL}:\n{worker.log_tail()}"
+                await asyncio.sleep(0.2)
 
     deployment_id = asyncio.run(setup())
     worker = WorkerProcess([POOL], SESSION_DIR / "probe-worker.log")
     worker.start()
-    time.sleep(3)  # the worker syncs its pool before its first poll
+    asyncio.run(worker_synced())
     yield deployment_id, tmp_path_factory.mktemp("probe")
     worker.stop()
 
@@ -91,9 +101,10 @@ async def test_a_worker_serving_a_pattern_picks_up_pools_created_later(
     worker.start()
     try:
         async with get_client() as client:
-            await _upsert_pool(client, pool, limit=2, description="created after the worker")
-            deployment_id = await _deploy(
-                client, "tests/support/probe_flows.py:probe_sleep", name="late", pool=pool,
+            await upsert_pool(client, pool, limit=2, description="created after the worker")
+            deployment_id = await deploy(
+                client, flow_spec("tests/support/probe_flows.py:probe_sleep"), name="late",
+                pool=pool,
                 parameters={}, tags=["test"], description="pool discovery probe",
             )  # fmt: skip
             run = await client.create_flow_run_from_deployment(

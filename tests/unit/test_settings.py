@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from comfyfleet.settings import Settings
+from comfyfleet.settings import Settings, format_errors, read_settings, yaml_line
 
 
 @pytest.fixture
@@ -81,3 +81,18 @@ def test_the_cli_gateway_url_variable_is_not_read_as_the_gateway_section(
     monkeypatch.setenv("COMFYFLEET_TOKEN", "cfb_x")
     monkeypatch.setenv("COMFYFLEET_GATEWAY__PORT", "8123")
     assert Settings().gateway.port == 8123
+
+
+def test_errors_name_the_setting_and_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "comfyfleet.yaml"
+    path.write_text(
+        "routing:\n  strategy: least_loaded\nnodes:\n"
+        "  - id: gpu-1\n    url: http://a:8188\n"
+        "  - id: gpu-2\n    url: http://b:8188\n    capacity: 0\n"
+    )
+    assert yaml_line(path, ["nodes", "1", "capacity"]) == 8
+    assert yaml_line(path, ["nodes", "1", "nothing"]) == 6  # the deepest part that exists
+    with pytest.raises(Exception) as info:
+        read_settings(path)
+    text = format_errors(info.value, path)
+    assert "nodes.1.capacity (line 8): Input should be greater than or equal to 1" in text

@@ -1,26 +1,31 @@
-"""The in-process worker loads deployment entrypoints as modules of the checkout."""
+"""The in-process worker loads deployment entrypoints with Prefect's own loader, once each."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from comfyfleet.worker import WORKER_TYPE, ComfyFleetWorker, load_flow
+from comfyfleet.worker import WORKER_TYPE, ComfyFleetWorker, code_directory, load_flow
+
+REPO = Path(__file__).resolve().parents[2]
 
 
-def test_load_flow_imports_the_entrypoint_as_a_module() -> None:
+def test_load_flow_loads_the_entrypoint_once() -> None:
     flow = load_flow("flows/text_to_image.py:text_to_image")
     assert flow.name == "text-to-image"
     assert flow.isasync
-    assert load_flow("flows/text_to_image.py:text_to_image") is flow  # imported once
+    assert load_flow("flows/text_to_image.py:text_to_image") is flow  # loaded once
+    assert load_flow("text_to_image.py:text_to_image", base=REPO / "flows") is flow
 
 
 def test_load_flow_rejects_something_that_is_not_a_flow() -> None:
-    with pytest.raises(TypeError, match="not a Prefect flow"):
+    with pytest.raises(TypeError, match="is not a Prefect flow"):
         load_flow("flows/_tasks.py:PROGRESS_EVENT")
 
 
-def test_load_flow_rejects_a_missing_module() -> None:
-    with pytest.raises(ModuleNotFoundError):
+def test_load_flow_rejects_a_missing_file() -> None:
+    with pytest.raises(FileNotFoundError):
         load_flow("flows/no_such_flow.py:nothing")
 
 
@@ -103,3 +108,15 @@ async def test_a_failing_pool_worker_restarts_without_taking_the_others_down(
         assert starts == {"good": 1, "bad": 3} and good_running.is_set() and not serving.done()
     finally:
         serving.cancel()
+
+
+def test_the_code_directory_is_the_pull_steps_working_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    step = "prefect.deployments.steps.set_working_directory"
+    assert code_directory([{step: {"directory": "/srv/fleet"}}]) == "/srv/fleet"
+    monkeypatch.setenv("COMFYFLEET_HOME", "/opt/comfyfleet")
+    assert code_directory([{step: {"directory": "{{ $COMFYFLEET_HOME }}"}}]) == "/opt/comfyfleet"
+    monkeypatch.delenv("COMFYFLEET_HOME")
+    assert code_directory([{step: {"directory": "{{ $COMFYFLEET_HOME }}"}}]) == str(REPO)
+    assert code_directory([]) is None and code_directory(None) is None

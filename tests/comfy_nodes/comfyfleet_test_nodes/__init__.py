@@ -1,7 +1,7 @@
 """Test-only ComfyUI custom nodes: a cooperative delay and a node that always fails.
 
 This folder is a ComfyUI custom node package; it is loaded by a real ComfyUI (through the
-``custom_nodes:`` entry of the extra_model_paths.yaml that ``comfyfleet.localnode.process``
+``custom_nodes:`` entry of the extra_model_paths.yaml that ``comfyfleet.local.node.process``
 writes), never imported by the test suite. It runs inside the ComfyUI venv, so it may import
 ComfyUI's own modules (``comfy``, ``nodes``) but nothing from comfyfleet.
 

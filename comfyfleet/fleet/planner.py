@@ -1,0 +1,106 @@
+"""Placement on unequal nodes: earliest completion first (the `least_loaded` strategy's planner).
+
+On a fleet whose nodes run the same job at different speeds, "the least loaded node with a free
+slot" sends the last jobs of a burst to slow nodes, and the burst ends when the slowest of them
+finishes. The planner instead plays list scheduling over the head of the backlog, in the order it
+is served: each job is booked on the eligible node where it would *finish* first — the node's
+work ahead of it (its live attempts and earlier bookings, at that node's speed for each) plus its
+own time there — whether or not that node has a free slot now. A job booked on a node with a free
+slot is placed; a job booked on a full node is held in the backlog (it will take the slot that
+node frees, which is sooner than finishing elsewhere), and the jobs after it are booked around it.
+
+Speeds come from the store: each node's execution seconds per job *shape* (`Estimates`, an
+exponentially weighted mean of the attempts that completed; the shape is the workflow and its
+numeric parameters but the seed — size, steps, frames, a test job's seconds — since those set
+how long a job takes). The planner only decides when every candidate node has an estimate for
+the job's shape and they differ by more than `UNIFORM_WITHIN`; otherwise (a uniform fleet, a new
+node, a job of a new shape) the router's strategy places the job as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from comfyfleet.fleet.router import JobView, NodeView, busy, eligible, free_slots
+
+ALPHA = 0.3
+"""Weight of the newest attempt in a node's estimate."""
+UNIFORM_WITHIN = 0.1
+"""Estimates within this fraction of each other: the nodes are equal for this workflow."""
+
+
+def shape(workflow: str, params: Mapping[str, Any]) -> str:
+    """What sets a job's duration on a node: its workflow and numeric parameters (no seed)."""
+    numbers = sorted(
+        (k, v) for k, v in params.items()
+        if k != "seed" and isinstance(v, int | float) and not isinstance(v, bool)
+    )  # fmt: skip
+    return workflow + "".join(f"|{k}={v:g}" for k, v in numbers)
+
+
+@dataclass
+class Estimates:
+    """Seconds a job of each shape takes on each node (EWMA of completed attempts)."""
+
+    seconds: dict[tuple[str, str], float] = field(default_factory=dict)
+    since: datetime | None = None
+    """The newest completion learnt from (the next read starts there)."""
+
+    def learn(self, rows: Iterable[tuple[str, str, float, datetime]]) -> None:
+        """`(node, shape, gpu_seconds, finished_at)` rows, oldest first."""
+        for node, kind, seconds, finished in rows:
+            if seconds > 0:
+                key = (kind, node)
+                old = self.seconds.get(key)
+                self.seconds[key] = seconds if old is None else old + ALPHA * (seconds - old)
+            if self.since is None or finished > self.since:
+                self.since = finished
+
+    def of(self, kind: str, nodes: Sequence[NodeView]) -> dict[str, float] | None:
+        """Each node's estimate for jobs of shape `kind`; None unless every node has one and
+        they are unequal (then the router decides)."""
+        got = {n.id: self.seconds.get((kind, n.id)) for n in nodes}
+        if not got or any(v is None for v in got.values()):
+            return None
+        values = [v for v in got.values() if v is not None]
+        if max(values) <= min(values) * (1 + UNIFORM_WITHIN):
+            return None
+        return {k: v for k, v in got.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Booking:
+    job_id: str
+    node: str
+    placed: bool
+    """False: held for a node with no free slot now."""
+
+
+def plan(
+    jobs: Sequence[tuple[str, str, JobView]], views: Sequence[NodeView], estimates: Estimates
+) -> tuple[list[Booking], list[str]]:
+    """Book `(job id, shape, job view)` in order (see the module docstring). Returns the
+    bookings the planner made, and the ids of jobs it left to the router (no usable
+    estimates)."""
+    nodes = {v.id: v for v in views}
+    ahead: dict[str, float] = {}  # seconds of work booked on each node so far
+    bookings: list[Booking] = []
+    routed: list[str] = []
+    for job_id, kind, view in jobs:
+        candidates = eligible(view, nodes.values())
+        seconds = estimates.of(kind, candidates) if candidates else None
+        if seconds is None:
+            routed.append(job_id)
+            continue
+        for node in candidates:
+            ahead.setdefault(node.id, busy(node) * seconds[node.id])
+        best = min(candidates, key=lambda n: (ahead[n.id] + seconds[n.id], n.id))
+        ahead[best.id] += seconds[best.id]
+        placed = free_slots(nodes[best.id]) > 0
+        if placed:
+            nodes[best.id] = replace(nodes[best.id], in_flight=nodes[best.id].in_flight + 1)
+        bookings.append(Booking(job_id, best.id, placed))
+    return bookings, routed

@@ -1,0 +1,241 @@
+"""Start and stop a local Prefect server (the embedded fleet and the test session use it).
+
+Prefect is always used with `PREFECT_API_URL` set: its ephemeral mode starts a throwaway server
+per script (5–12 s each, measured) and workers refuse it.
+
+The server's own database is SQLite in its home unless `prefect.database_url` names a PostgreSQL
+database (`postgresql+asyncpg://user:pw@host:5432/db`): it becomes the server's
+`PREFECT_SERVER_DATABASE_CONNECTION_URL` and nothing else sees it. Prefect's migrations create the
+`pg_trgm` extension, so the role needs CREATE on the database (pg_trgm is a trusted extension:
+the database owner may create it) or an administrator creates it beforehand. Prefect supports no
+other database (MySQL is refused by Prefect itself).
+
+Auth: with an auth string (`prefect.auth_string_file`; `comfyfleet up` creates one, mode 0600)
+the server starts with `PREFECT_SERVER_API_AUTH_STRING` and refuses every API request but
+`/health` without it; each ComfyFleet process gets `PREFECT_API_AUTH_STRING`, which Prefect's
+client sends as HTTP Basic (the Prefect UI asks for it once in the browser).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from comfyfleet.local.supervisor import stop_process_group
+
+logger = logging.getLogger(__name__)
+
+DATABASE_ENV = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+AUTH_ENV = "PREFECT_API_AUTH_STRING"
+"""What a Prefect client sends (HTTP Basic) when the server wants an auth string."""
+SERVER_AUTH_ENV = "PREFECT_SERVER_API_AUTH_STRING"
+"""The server's own setting: every API request but /health must carry the string."""
+_LEGACY_DATABASE_ENV = "PREFECT_API_DATABASE_CONNECTION_URL"
+
+
+def server_database_env(database_url: str | None) -> dict[str, str]:
+    """The server's database setting for a `prefect.database_url` ({} = SQLite in its home).
+
+    `postgresql://…` and `postgres://…` get the asyncpg driver Prefect's server uses; anything
+    but PostgreSQL or SQLite is refused here with the reason, not after a server start."""
+    if not database_url:
+        return {}
+    try:
+        url = make_url(database_url)
+    except ArgumentError as exc:
+        raise ValueError(f"prefect.database_url is not a database URL: {exc}") from exc
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+asyncpg")
+    elif backend == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    else:
+        raise ValueError(
+            f"prefect.database_url: Prefect's server runs on PostgreSQL or SQLite, not {backend} "
+            "(the ComfyFleet job store is `database.url`, which may be MySQL)"
+        )
+    return {DATABASE_ENV: url.render_as_string(hide_password=False)}
+
+
+def auth_string(path: Path | None, *, create: bool = False) -> str | None:
+    """The auth string kept in `path` (`prefect.auth_string_file`); None without a path, or
+    when the file is missing and `create` is off. Created with mode 0600, 32 random bytes."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_file():
+        return path.read_text().strip() or None
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = "comfyfleet:" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value
+
+
+def auth_headers(auth: str | None) -> dict[str, str]:
+    """The header a Prefect client sends for `auth` (none without one)."""
+    if not auth:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+
+
+def api_access(api_url: str, auth: str | None, *, timeout: float = 2.0) -> str:
+    """How the Prefect API at `api_url` treats us: `open` (answers without auth), `ok` (answers
+    with `auth`), `refused` (wants another string), `down`."""
+    url = f"{api_url.rstrip('/')}/admin/version"
+    try:
+        if httpx.get(url, timeout=timeout).status_code == 200:
+            return "open"
+        if auth and httpx.get(url, headers=auth_headers(auth), timeout=timeout).is_success:
+            return "ok"
+    except httpx.HTTPError:
+        return "down"
+    return "refused"
+
+
+def auth_string_path(settings: Any) -> Path:
+    """Where the fleet's auth string is kept: `prefect.auth_string_file`, else
+    `<embedded.var_dir>/prefect-auth-string`."""
+    chosen = settings.prefect.auth_string_file
+    return Path(chosen) if chosen else Path(settings.embedded.var_dir) / "prefect-auth-string"
+
+
+def use_prefect(settings: Any) -> None:
+    """Point this process's Prefect client at `prefect.api_url` with the fleet's auth string
+    (values already in the environment win)."""
+    os.environ.setdefault("PREFECT_API_URL", settings.prefect.api_url)
+    auth = auth_string(auth_string_path(settings))
+    if auth:
+        os.environ.setdefault(AUTH_ENV, auth)
+
+
+def prefect_env(*, api_url: str, home: Path, auth: str | None = None) -> dict[str, str]:
+    """Environment every ComfyFleet process that talks to Prefect runs with (`auth`: the API's
+    auth string, sent by every client)."""
+    extra = {AUTH_ENV: auth} if auth else {}
+    return {
+        **extra,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_UI_ENABLED": os.environ.get("PREFECT_UI_ENABLED", "true"),
+        # Workers: runs are few (a long-lived shift per node; pinned runs started from Prefect)
+        # and the worker is woken by each run's Scheduled event, so the poll is only a fallback.
+        "PREFECT_WORKER_QUERY_SECONDS": "5",
+        "PREFECT_WORKER_HEARTBEAT_SECONDS": "10",
+        # Per-run INFO lines (task run started/finished) cost the server a write each and say
+        # nothing the run's states do not: only warnings and errors are shipped to the API.
+        "PREFECT_LOGGING_HANDLERS_API_LEVEL": "WARNING",
+        # Logs reach the UI within a fraction of a second instead of 2 s batches.
+        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+    }
+
+
+@dataclass
+class PrefectServer:
+    """A `prefect server start` child process with its own PREFECT_HOME (SQLite inside it)."""
+
+    home: Path
+    port: int
+    host: str = "127.0.0.1"
+    log_path: Path | None = None
+    database_url: str | None = None  # `prefect.database_url`; None = SQLite in `home`
+    auth: str | None = None  # the API's auth string; None = no auth
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return prefect_env(api_url=self.api_url, home=self.home, auth=self.auth)
+
+    def server_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The server process's environment: `base` (default: ours) + `env()` + its database.
+
+        A database URL inherited from the caller's environment never leaks in: the setting
+        decides, so two servers started from one process keep their own databases."""
+        env = dict(os.environ if base is None else base)
+        env.pop(DATABASE_ENV, None)
+        env.pop(_LEGACY_DATABASE_ENV, None)
+        env.pop(SERVER_AUTH_ENV, None)
+        auth = {SERVER_AUTH_ENV: self.auth} if self.auth else {}
+        return {**env, **self.env(), **server_database_env(self.database_url), **auth}
+
+    @property
+    def database(self) -> str:
+        """Where the server keeps its state, for logs (password hidden)."""
+        if not self.database_url:
+            return f"SQLite in {self.home}"
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+    def command(self) -> list[str]:
+        """The server's command line (`prefect server start` on this host and port)."""
+        return [
+            sys.executable, "-m", "prefect", "server", "start",
+            "--host", self.host, "--port", str(self.port),
+        ]  # fmt: skip
+
+    def start(self, *, timeout: float = 120.0) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_path or self.home / "server.log"
+        self.log_path = log_path
+        env = self.server_env()
+        logger.info(
+            "starting Prefect server on %s (home %s, database %s)",
+            self.ui_url, self.home, self.database,
+        )  # fmt: skip
+        with log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self.command(),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_ready(timeout=timeout)
+
+    def wait_ready(self, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"Prefect server exited with {self._proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"Prefect server not ready after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, *, timeout: float = 20.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            stop_process_group(proc, grace_s=timeout)
