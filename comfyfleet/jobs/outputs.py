@@ -39,11 +39,14 @@ def _safe_name(filename: str, subfolder: str) -> str:
     return name.replace("/", "_").replace("\\", "_").lstrip(".") or "output"
 
 
-def drop_partial_files(out_dir: Path) -> None:
-    """Remove download temp files (`.<name>.<random>.part`) from an attempt's folder: left by an
-    earlier holder of the attempt that was killed mid-download (one holder writes at a time)."""
-    for stale in out_dir.glob(".*.part"):
-        stale.unlink(missing_ok=True)
+def keep_only(out_dir: Path, names: set[str]) -> None:
+    """Remove every file of an attempt's folder but `names` (the outputs recorded): download temp
+    files and whole files left by an earlier holder of the attempt, killed before it recorded
+    them (the next holder may get other names for the same outputs, e.g. from a node that ran
+    the prompt again). One holder writes an attempt's folder at a time."""
+    for path in out_dir.iterdir():
+        if path.name not in names and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 async def store_output(

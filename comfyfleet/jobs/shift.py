@@ -31,6 +31,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from comfyfleet import bell
@@ -51,7 +52,7 @@ from comfyfleet.jobs.inputs import InputStore, input_refs, sync_input
 from comfyfleet.jobs.outputs import (
     OutputRecord,
     attempt_dir,
-    drop_partial_files,
+    keep_only,
     store_output,
 )
 from comfyfleet.jobs.previews import PreviewWriter
@@ -241,7 +242,7 @@ async def _collect(
             await asyncio.sleep(tries)
     if not records:
         raise RuntimeError(f"prompt {info.attempt_id} on {info.node} finished without output files")
-    await asyncio.to_thread(drop_partial_files, out_dir)
+    await asyncio.to_thread(keep_only, out_dir, {Path(r.path).name for r in records})
     return records
 
 

@@ -181,9 +181,9 @@ async def test_a_hung_receiver_does_not_delay_other_deliveries(
                 deliver_due(db, schedule=(0.0, 60.0), policy=policy, timeout_s=4.0)
             )
             while not hook.received:
-                assert time.monotonic() - started < 2.0, "the hung receiver held the others"
+                assert time.monotonic() - started < 3.0, "the hung receiver held the others"
                 await asyncio.sleep(0.02)
-            await asyncio.wait_for(accepted.wait(), 2.0)  # both were contacted at once
+            await asyncio.wait_for(accepted.wait(), 3.0)  # both were contacted at once
             assert not round_.done()
             assert await round_ == 1
             assert 3.5 < time.monotonic() - started < 8.0  # the hung attempt timed out whole

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comfyfleet.jobs.outputs import drop_partial_files
+from comfyfleet.jobs.outputs import keep_only
 
 
-def test_temp_files_of_a_killed_download_go_and_the_outputs_stay(tmp_path: Path) -> None:
-    (tmp_path / "comfyfleet_00001_.png").write_bytes(b"png")
-    (tmp_path / ".comfyfleet_00001_.png.xzljs3ns.part").write_bytes(b"half")
-    drop_partial_files(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["comfyfleet_00001_.png"]
+def test_what_an_earlier_holder_of_the_attempt_left_goes_and_the_outputs_stay(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "comfyfleet_00002_.png").write_bytes(b"png")  # recorded by this holder
+    (tmp_path / ".comfyfleet_00001_.png.xzljs3ns.part").write_bytes(b"half")  # killed mid-download
+    (tmp_path / "comfyfleet_00001_.png").write_bytes(b"png")  # killed before recording it
+    keep_only(tmp_path, {"comfyfleet_00002_.png"})
+    assert [p.name for p in tmp_path.iterdir()] == ["comfyfleet_00002_.png"]
