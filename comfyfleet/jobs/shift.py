@@ -67,8 +67,12 @@ BEAT_S = 2.0
 """Shift heartbeats and attempt leases, renewed together."""
 STALE_AFTER_S = 10.0
 """A shift that has not beaten for this long is gone (comfyfleet.fleet.recovery)."""
-NODE_GONE_AFTER_S = 3.0
-"""A node whose websocket cannot be re-established for this long has failed the attempt."""
+NODE_GONE_AFTER_S = 1.5
+"""A node whose websocket cannot be re-established for this long has failed the attempt. A drop
+with the node still up reconnects at once; a killed node refuses at once and a restarted one
+has forgotten its prompts, so waiting longer only delays failover (B4: 3.0 s here was most of
+the kill → running elsewhere time). A false alarm costs duplicate work, never a duplicate
+output: the attempt is superseded."""
 PROGRESS_DB_S = 2.0
 """Durable progress in the job row: at most this often (and the last step)."""
 DOWNLOAD_TRIES = 3

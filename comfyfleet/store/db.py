@@ -66,6 +66,14 @@ def is_mysql(bind: Engine | Session) -> bool:
     return engine.dialect.name in ("mysql", "mariadb")
 
 
+POOL_SIZE = 20
+"""Connections a server-backed engine keeps open: as many as a process's threads use at once
+under load (the gateway's sync handlers and `to_thread` calls). With SQLAlchemy's default of 5,
+a burst of REST submits opened and closed a connection (TCP, auth and a TLS context in pymysql)
+for most transactions: 22 ms of gateway CPU per job on MariaDB, against 6.6 on SQLite."""
+POOL_OVERFLOW = 20
+
+
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     """An engine for `url` with the backend's safe settings; `kwargs` go to `create_engine`."""
     url = make_url(url)
@@ -80,6 +88,8 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         options = {
             "pool_pre_ping": True,
             "pool_recycle": 1800,
+            "pool_size": POOL_SIZE,
+            "max_overflow": POOL_OVERFLOW,
             "isolation_level": "READ COMMITTED",
             "connect_args": connect_args,
         }
