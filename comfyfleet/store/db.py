@@ -88,11 +88,11 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         options = {
             "pool_pre_ping": True,
             "pool_recycle": 1800,
-            "pool_size": POOL_SIZE,
-            "max_overflow": POOL_OVERFLOW,
             "isolation_level": "READ COMMITTED",
             "connect_args": connect_args,
         }
+        if "poolclass" not in kwargs:  # e.g. migrations use a NullPool, which has no size
+            options.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
     elif backend == "sqlite":
         database = url.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
