@@ -67,7 +67,7 @@ def is_mysql(bind: Engine | Session) -> bool:
 
 
 POOL_SIZE = 20
-"""Connections a server-backed engine keeps open: as many as a process's threads use at once
+"""Connections a MySQL/MariaDB engine keeps open: as many as a process's threads use at once
 under load (the gateway's sync handlers and `to_thread` calls). With SQLAlchemy's default of 5,
 a burst of REST submits opened and closed a connection (TCP, auth and a TLS context in pymysql)
 for most transactions: 22 ms of gateway CPU per job on MariaDB, against 6.6 on SQLite."""
