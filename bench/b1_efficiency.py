@@ -53,6 +53,13 @@ QUICK = [
     Workload("heterogeneous 12 x 1 s (speeds 1,1,2,4)", 12, 1.0, "heterogeneous"),
 ]
 BUDGET_S = {"full": 11 * 60, "quick": 140}
+WORKLOADS_ENV = "BENCH_B1_WORKLOADS"
+"""Comma-separated words: only the workloads whose key contains one of them (a quick loop)."""
+
+
+def selected(workloads: list[Workload]) -> list[Workload]:
+    words = [w.strip() for w in os.environ.get(WORKLOADS_ENV, "").split(",") if w.strip()]
+    return [w for w in workloads if not words or any(word in w.key for word in words)]
 
 
 def fleet_deadline(ideal: float, quick: bool = False) -> float:
@@ -65,7 +72,7 @@ def run(ctx: Context) -> dict[str, Any]:
     driver = FleetDriver(cp)
     budget = BUDGET_S["quick" if ctx.quick else "full"]
     started = time.monotonic()
-    workloads = QUICK if ctx.quick else FULL
+    workloads = selected(QUICK if ctx.quick else FULL)
     out: dict[str, Any] = {
         "workloads": {},
         "capacity_per_node": 2,

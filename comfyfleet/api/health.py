@@ -13,6 +13,7 @@ from comfyfleet import __version__
 from comfyfleet.api.deps import GatewayDep
 from comfyfleet.api.metrics import CONTENT_TYPE, render
 from comfyfleet.api.schemas import HealthOut
+from comfyfleet.comfyui import tls_context
 from comfyfleet.store import ping
 
 router = APIRouter(tags=["health"])
@@ -22,7 +23,7 @@ async def _prefect_state(api_url: str | None) -> str:
     if not api_url:
         return "not configured"
     try:
-        async with httpx.AsyncClient(timeout=1.5) as client:
+        async with httpx.AsyncClient(timeout=1.5, verify=tls_context()) as client:
             response = await client.get(f"{api_url.rstrip('/')}/health")
         return "ok" if response.is_success else f"HTTP {response.status_code}"
     except httpx.HTTPError as exc:

@@ -1,6 +1,7 @@
 """Async, typed client for plain ComfyUI nodes: typed websocket messages, a small error tree,
 submit / follow / wait / run, queue and history, uploads and downloads."""
 
+from comfyfleet.comfyui._http import tls_context
 from comfyfleet.comfyui.client import ComfyUIClient, probe_node
 from comfyfleet.comfyui.errors import (
     ComfyUIError,
@@ -97,4 +98,5 @@ __all__ = [
     "parse_text",
     "probe_node",
     "retry_if_transient",
+    "tls_context",
 ]

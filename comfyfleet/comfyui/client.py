@@ -31,6 +31,7 @@ from comfyfleet.comfyui._http import (
     json_body,
     raise_if_unavailable,
     rejection,
+    tls_context,
     unexpected,
     view_params,
 )
@@ -93,7 +94,9 @@ class ComfyUIClient:
         self.base_url = base_url.rstrip("/")
         self.client_id = client_id or uuid.uuid4().hex
         self.no_progress_timeout = no_progress_timeout
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, transport=transport, verify=tls_context()
+        )
         self._hub = SocketHub(
             _ws_url(self.base_url, self.client_id),
             ws_connect or default_ws_connect,

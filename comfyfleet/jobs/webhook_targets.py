@@ -29,6 +29,8 @@ import httpx
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from comfyfleet.comfyui import tls_context
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -250,7 +252,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 def guarded_transport(policy: WebhookPolicy) -> httpx.AsyncHTTPTransport:
     """An httpx transport that connects only where `policy` allows (no proxies from the
     environment: a proxy would connect for us, unchecked)."""
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    transport = httpx.AsyncHTTPTransport(verify=tls_context(), trust_env=False)
     # httpx takes no network backend; its pool does. Same pool, our backend.
     pool = transport._pool
     transport._pool = httpcore.AsyncConnectionPool(
