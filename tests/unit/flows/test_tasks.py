@@ -3,6 +3,7 @@ routed branches of `run_job`, and the parameters the flows hand on."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from types import SimpleNamespace
 from typing import Any
@@ -105,3 +106,26 @@ def test_every_generation_flow_takes_a_node_a_workflow_and_a_priority() -> None:
     assert "params" in specs[GENERIC_FLOW].parameter_schema["properties"]
     assert "prompt" in specs["text-to-image"].parameter_schema["properties"]
     assert "image" in specs["image-to-video"].parameter_schema["properties"]
+
+
+async def test_the_job_tags_ask_prefect_for_no_concurrency_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Prefect's task engine asks for a slot per tag; the job's node and workflow tags are left
+    out of that request (one API call per job saved), other tags are not."""
+    import prefect.task_engine
+
+    asked: list[list[str]] = []
+
+    @contextlib.asynccontextmanager
+    async def recording(names: list[str], *args: object, **kwargs: object) -> Any:
+        asked.append(list(names))
+        yield
+
+    monkeypatch.setattr(prefect.task_engine, "_aconcurrency", recording)
+    tasks._job_tags_take_no_slots()
+    async with prefect.task_engine._aconcurrency(
+        names=["tag:node:gpu-1", "tag:workflow:sd15-basic", "tag:nightly"], occupy=1
+    ):
+        pass
+    assert asked == [["tag:nightly"]]
