@@ -76,20 +76,29 @@ def _eligible(capabilities_free: FreeNodes) -> Any:
     return or_(*clauses) if clauses else None
 
 
-def _ordered_backlog(capabilities_free: FreeNodes | None, now: datetime, aging_s: float) -> Any:
-    active = aliased(Job)
-    running_of_owner = (
-        select(func.count())
-        .select_from(active)
+def _active_counts() -> tuple[Any, Any]:
+    """Correlated counts of the active jobs of the row's owner and API client. Built once:
+    aliasing the model makes a proxy of every column, most of a tick's CPU when built per call
+    (backlog_head 21 → 7 ms with 200 queued jobs)."""
+    active = aliased(Job, name="active_job")
+    of_owner = (
+        select(func.count()).select_from(active)
         .where(active.owner_id == Job.owner_id, active.status.in_(ACTIVE_JOB_STATUSES))
         .scalar_subquery()
-    )
-    running_of_client = (
-        select(func.count())
-        .select_from(active)
+    )  # fmt: skip
+    of_client = (
+        select(func.count()).select_from(active)
         .where(active.client_id == Job.client_id, active.status.in_(ACTIVE_JOB_STATUSES))
         .scalar_subquery()
-    )
+    )  # fmt: skip
+    return of_owner, of_client
+
+
+_RUNNING_OF_OWNER, _RUNNING_OF_CLIENT = _active_counts()
+
+
+def _ordered_backlog(capabilities_free: FreeNodes | None, now: datetime, aging_s: float) -> Any:
+    running_of_owner, running_of_client = _RUNNING_OF_OWNER, _RUNNING_OF_CLIENT
     lift = case(
         (Job.created_at <= now - timedelta(seconds=2 * aging_s), 2),
         (Job.created_at <= now - timedelta(seconds=aging_s), 1),
@@ -177,17 +186,7 @@ def backlog_head(
     stmt = _ordered_backlog(capabilities, now, aging_s)
     if stmt is None:
         return []
-    active = aliased(Job)
-    owner_active = (
-        select(func.count()).select_from(active)
-        .where(active.owner_id == Job.owner_id, active.status.in_(ACTIVE_JOB_STATUSES))
-        .scalar_subquery()
-    )  # fmt: skip
-    client_active = (
-        select(func.count()).select_from(active)
-        .where(active.client_id == Job.client_id, active.status.in_(ACTIVE_JOB_STATUSES))
-        .scalar_subquery()
-    )  # fmt: skip
+    owner_active, client_active = _RUNNING_OF_OWNER, _RUNNING_OF_CLIENT
     rows = session.execute(
         stmt.add_columns(
             Job.client_id, Job.workflow, Job.capability, Job.params, Job.pinned_node,
