@@ -85,11 +85,13 @@ async def resolve_node(node: str) -> ComfyUINode:
 
 class ProgressEvents:
     """Step progress as `comfy.progress` events on resource `comfy.job.<id>` (what the gateway's
-    SSE, Gradio and the CLI follow), throttled."""
+    SSE, Gradio and the CLI follow), throttled: a step at most every `PROGRESS_EVENT_S`, the
+    first one that long after the attempt began (a job done sooner sends its last step only:
+    one event, not two, for the short jobs that make up most of a GPU's work), and the last."""
 
     def __init__(self, info: attempts.AttemptInfo) -> None:
         self.info = info
-        self._last = 0.0
+        self._last = time.monotonic()
 
     async def __call__(self, value: int, maximum: int, comfy_node: str | None) -> None:
         now = time.monotonic()
