@@ -36,6 +36,7 @@ from comfyfleet.comfyui import (
     is_transient,
     probe_node,
     retry_if_transient,
+    tls_context,
 )
 from tests.unit.comfyui import ws_recordings as rec
 
@@ -886,3 +887,14 @@ async def test_a_late_follower_waits_for_the_history_messages_written_after_succ
     async with make_client(node, connector) as comfy:
         result = await comfy.wait(rec.PROMPT_ID)
     assert result.duration_s == pytest.approx(0.64)
+
+
+async def test_every_client_of_the_process_shares_one_tls_context() -> None:
+    """httpx builds (and loads the CA bundle into) a TLS context per client: 65 ms of CPU each,
+    which a client per attempt paid on every job. Clients share the process's one."""
+    async with (
+        ComfyUIClient("http://127.0.0.1:1") as first,
+        ComfyUIClient("https://127.0.0.1:2") as second,
+    ):
+        contexts = {id(c._http._transport._pool._ssl_context) for c in (first, second)}
+    assert contexts == {id(tls_context())}
