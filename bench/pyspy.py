@@ -43,13 +43,16 @@ WAITING = re.compile(
     r"^(?:\w+Selector\.select \(selectors\.py\)|Condition\.wait \(threading\.py\)"
     r"|Event\.wait \(threading\.py\)|Queue\.get \(queue\.py\)"
     r"|Thread\._wait_for_tstate_lock \(threading\.py\)|_worker \(concurrent/futures/thread\.py\)"
-    r"|_Counts\.loop \(sitecustomize\.py\))$"
+    r"|_Counts\.loop \(sitecustomize\.py\)"
+    r"|_send_heartbeats\.<locals>\.heartbeat_loop \(prefect/flow_engine\.py\))$"
 )
 """Leaf frames of threads that wait (a poll, a lock, an empty queue, the bench probe's sleep):
 py-spy counts a thread that the OS has woken but not yet run as active, and on a busy machine
-those samples pile up here. They are not CPU the process spent (the kernel time of a very
-frequent poll, e.g. Gradio's 1 ms loop, is lost with them). aiosqlite's worker thread is not
-in the list: its top frame is the same whether it waits or runs SQLite (C code)."""
+those samples pile up here (Prefect's flow-run heartbeat thread, asleep in `time.sleep(1)`, a
+C call with no frame of its own, was 57 % of a worker's samples). They are not CPU the process
+spent (the kernel time of a very frequent poll, e.g. Gradio's 1 ms loop, is lost with them).
+aiosqlite's worker thread is not in the list: its top frame is the same whether it waits or
+runs SQLite (C code)."""
 
 
 def busy(stacks: Iterable[Stack]) -> list[Stack]:

@@ -14,6 +14,7 @@ process 7:"python -m x";main (app.py:3);loop (app.py:9);EpollSelector.select (se
 main (app.py:3);handle (api/runs.py:20);execute (sqlalchemy/engine.py:5) 30
 main (app.py:3);handle (api/runs.py:21);dumps (json/__init__.py:231) 10
 _connection_worker_thread (aiosqlite/core.py:59) 8
+_send_heartbeats.<locals>.heartbeat_loop (prefect/flow_engine.py:354) 40
 not a sample line
 """
 
@@ -35,7 +36,7 @@ def test_parse_drops_line_numbers_and_the_process_frame() -> None:
         ("main (app.py)", "loop (app.py)", "EpollSelector.select (selectors.py)"),
         50,
     )
-    assert len(stacks) == 4 and total(stacks) == 98
+    assert len(stacks) == 5 and total(stacks) == 138
 
 
 def test_busy_leaves_out_threads_that_wait_but_keeps_aiosqlite() -> None:
