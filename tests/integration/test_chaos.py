@@ -48,18 +48,28 @@ async def test_chaos_every_job_completes_exactly_once(
         await wait_for(
             lambda: all(n.healthy for n in _states(fleet)), timeout=60, what="chaos nodes healthy"
         )
+        await wait_for(  # a node gets work only once its shift runs
+            lambda: _shifts_live(fleet_db, [n.id for n in fleet]), timeout=180,
+            what="every node's shift running",
+        )  # fmt: skip
         batch = f"chaos-{int(time.time())}"
         users = [principals["alice"], principals["bob"]]
         started = time.monotonic()
-        ids = [
-            jobs.submit(
-                fleet_db,
-                JobRequest(workflow="delay", params={"seconds": DELAY_S, "steps": 2,
-                                                     "seed": 9000 + i}, batch_id=batch),
-                principal=users[i % 2],
-            ).id
-            for i in range(JOBS)
-        ]  # fmt: skip
+
+        def submit_all() -> list[str]:
+            return [
+                jobs.submit(
+                    fleet_db,
+                    JobRequest(workflow="delay", params={"seconds": DELAY_S, "steps": 2,
+                                                         "seed": 9000 + i}, batch_id=batch),
+                    principal=users[i % 2],
+                ).id
+                for i in range(JOBS)
+            ]  # fmt: skip
+
+        # Submitting goes on while the chaos happens: on a slow machine the nodes keep up with
+        # the submits, and faults injected after the last one would find nothing to hit.
+        submitting = asyncio.create_task(asyncio.to_thread(submit_all))
         events: list[str] = []
 
         def at(what: str) -> None:
@@ -69,9 +79,17 @@ async def test_chaos_every_job_completes_exactly_once(
             return batch_counts(fleet_db, batch)["completed"] >= n
 
         await wait_for(lambda: completed_at_least(JOBS // 6), timeout=300, what="first jobs")
+        await wait_for(  # the kill must hit a prompt, not an idle node
+            lambda: _live_attempts(fleet_db, batch, victim.id, ("running",)), timeout=120,
+            what=f"a job running on {victim.id}",
+        )  # fmt: skip
         victim.kill()
         at(f"kill -9 node {victim.id}")
         await wait_for(lambda: completed_at_least(JOBS // 3), timeout=300, what="more jobs")
+        await wait_for(
+            lambda: _live_attempts(fleet_db, batch, bounced.id, ("pending", "running")),
+            timeout=120, what=f"a job on {bounced.id}",
+        )  # fmt: skip
         bounce = asyncio.create_task(asyncio.to_thread(bounced.restart))
         at(f"restart node {bounced.id}")
         await wait_for(lambda: completed_at_least(JOBS // 2), timeout=300, what="half the jobs")
@@ -82,6 +100,8 @@ async def test_chaos_every_job_completes_exactly_once(
         at("worker restarted")
         await bounce
         at(f"node {bounced.id} back")
+        ids = await submitting
+        at(f"all {JOBS} jobs submitted")
 
         def finished() -> bool:
             counts = batch_counts(fleet_db, batch)
@@ -128,6 +148,32 @@ async def test_chaos_every_job_completes_exactly_once(
             problems[:20]
         )
         assert outcome["node_fault"] >= 1  # the chaos did hit running or waiting attempts
+
+
+def _shifts_live(db: Any, node_ids: list[str]) -> bool:
+    from comfyfleet.jobs.shift import STALE_AFTER_S
+    from comfyfleet.store import node_shifts, utcnow
+
+    shifts = db.run(node_shifts, readonly=True)
+    now = utcnow()
+    return all(
+        (shift := shifts.get(node)) is not None
+        and bool(shift.holder)
+        and shift.live(stale_after_s=STALE_AFTER_S, now=now)
+        for node in node_ids
+    )
+
+
+def _live_attempts(db: Any, batch_id: str, node: str, statuses: tuple[str, ...]) -> int:
+    from comfyfleet.store import Attempt
+
+    stmt = (
+        select(func.count())
+        .select_from(Attempt)
+        .join(Job, Job.id == Attempt.job_id)
+        .where(Job.batch_id == batch_id, Attempt.node == node, Attempt.status.in_(statuses))
+    )
+    return int(db.run(lambda s: s.scalar(stmt), readonly=True) or 0)
 
 
 def _states(nodes: list[Any]) -> list[Any]:
