@@ -15,8 +15,8 @@ from comfyfleet.comfyui.results import FileRef, OutputFile, UploadedFile
 @functools.cache
 def tls_context() -> ssl.SSLContext:
     """The process's one TLS context for HTTP clients (`verify=tls_context()`). httpx builds a
-    new one per client and loads the CA bundle into it: 10–15 ms of CPU, which a client per
-    attempt paid on every job (15 % of the worker's CPU in B1, py-spy)."""
+    new one per client and loads the CA bundle into it: 65 ms of CPU on this machine kind, which a
+    client per attempt paid on every job (bench/README.md, "A B1 profile")."""
     return httpx.create_ssl_context()
 
 

@@ -76,29 +76,23 @@ def _eligible(capabilities_free: FreeNodes) -> Any:
     return or_(*clauses) if clauses else None
 
 
-def _active_counts() -> tuple[Any, Any]:
-    """Correlated counts of the active jobs of the row's owner and API client. Built once:
-    aliasing the model makes a proxy of every column, most of a tick's CPU when built per call
-    (backlog_head 21 → 7 ms with 200 queued jobs)."""
-    active = aliased(Job, name="active_job")
-    of_owner = (
-        select(func.count()).select_from(active)
-        .where(active.owner_id == Job.owner_id, active.status.in_(ACTIVE_JOB_STATUSES))
-        .scalar_subquery()
-    )  # fmt: skip
-    of_client = (
-        select(func.count()).select_from(active)
-        .where(active.client_id == Job.client_id, active.status.in_(ACTIVE_JOB_STATUSES))
-        .scalar_subquery()
-    )  # fmt: skip
-    return of_owner, of_client
-
-
-_RUNNING_OF_OWNER, _RUNNING_OF_CLIENT = _active_counts()
+# Correlated counts of the active jobs of a backlog row's owner and API client. Built once:
+# aliasing the model makes a proxy of every column, most of a tick's CPU when built per call
+# (backlog_head 21 → 7.5 ms with 200 queued jobs).
+_active = aliased(Job, name="active_job")
+_RUNNING_OF_OWNER = (
+    select(func.count()).select_from(_active)
+    .where(_active.owner_id == Job.owner_id, _active.status.in_(ACTIVE_JOB_STATUSES))
+    .scalar_subquery()
+)  # fmt: skip
+_RUNNING_OF_CLIENT = (
+    select(func.count()).select_from(_active)
+    .where(_active.client_id == Job.client_id, _active.status.in_(ACTIVE_JOB_STATUSES))
+    .scalar_subquery()
+)  # fmt: skip
 
 
 def _ordered_backlog(capabilities_free: FreeNodes | None, now: datetime, aging_s: float) -> Any:
-    running_of_owner, running_of_client = _RUNNING_OF_OWNER, _RUNNING_OF_CLIENT
     lift = case(
         (Job.created_at <= now - timedelta(seconds=2 * aging_s), 2),
         (Job.created_at <= now - timedelta(seconds=aging_s), 1),
@@ -114,11 +108,11 @@ def _ordered_backlog(capabilities_free: FreeNodes | None, now: datetime, aging_s
         .where(
             Job.status == "queued",
             Job.cancel_requested == false(),
-            or_(User.max_running.is_(None), running_of_owner < User.max_running),
+            or_(User.max_running.is_(None), _RUNNING_OF_OWNER < User.max_running),
             or_(
                 Job.client_id.is_(None),
                 ApiClient.max_running.is_(None),
-                running_of_client < ApiClient.max_running,
+                _RUNNING_OF_CLIENT < ApiClient.max_running,
             ),
         )
         .order_by(effective, served, Job.created_at, Job.id)
@@ -186,12 +180,11 @@ def backlog_head(
     stmt = _ordered_backlog(capabilities, now, aging_s)
     if stmt is None:
         return []
-    owner_active, client_active = _RUNNING_OF_OWNER, _RUNNING_OF_CLIENT
     rows = session.execute(
         stmt.add_columns(
             Job.client_id, Job.workflow, Job.capability, Job.params, Job.pinned_node,
             Job.priority, Job.created_at, OwnerShare.last_served_at, User.max_running,
-            owner_active, ApiClient.max_running, client_active,
+            _RUNNING_OF_OWNER, ApiClient.max_running, _RUNNING_OF_CLIENT,
         ).limit(limit)
     ).all()  # fmt: skip
     ids = [row[0] for row in rows]
