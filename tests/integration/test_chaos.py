@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from comfyfleet import jobs
 from comfyfleet.jobs import JobRequest
 from comfyfleet.store import Job, get_job
-from tests.fixtures.chaos import wait_for
+from tests.fixtures.chaos import shift_working, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -49,7 +49,7 @@ async def test_chaos_every_job_completes_exactly_once(
             lambda: all(n.healthy for n in _states(fleet)), timeout=60, what="chaos nodes healthy"
         )
         await wait_for(  # a node gets work only once its shift runs
-            lambda: _shifts_live(fleet_db, [n.id for n in fleet]), timeout=180,
+            lambda: all(shift_working(fleet_db, n.id) for n in fleet), timeout=180,
             what="every node's shift running",
         )  # fmt: skip
         batch = f"chaos-{int(time.time())}"
@@ -148,20 +148,6 @@ async def test_chaos_every_job_completes_exactly_once(
             problems[:20]
         )
         assert outcome["node_fault"] >= 1  # the chaos did hit running or waiting attempts
-
-
-def _shifts_live(db: Any, node_ids: list[str]) -> bool:
-    from comfyfleet.jobs.shift import STALE_AFTER_S
-    from comfyfleet.store import node_shifts, utcnow
-
-    shifts = db.run(node_shifts, readonly=True)
-    now = utcnow()
-    return all(
-        (shift := shifts.get(node)) is not None
-        and bool(shift.holder)
-        and shift.live(stale_after_s=STALE_AFTER_S, now=now)
-        for node in node_ids
-    )
 
 
 def _live_attempts(db: Any, batch_id: str, node: str, statuses: tuple[str, ...]) -> int:
