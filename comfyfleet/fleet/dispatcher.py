@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from comfyfleet import bell
 from comfyfleet.catalog import Catalog, CatalogError
@@ -39,7 +39,7 @@ from comfyfleet.store import (
     fail_job,
     finished_since,
     has_queued,
-    live_attempts_by_node,
+    live_work,
     node_shifts,
     utcnow,
 )
@@ -61,14 +61,18 @@ class Dispatcher:
         self.db, self.router, self.monitor, self.catalog = db, router, monitor, catalog
         self.bells = bell.bell_dir(str(db.url))
         self.estimates = Estimates()
+        self.work: dict[str, list[tuple[str, datetime | None]]] = {}
         self._learnt_at = 0.0
 
     def views(self, nodes: Iterable[NodeConfig]) -> list[NodeView]:
-        """The fleet as the router sees it now: a node without a live shift has no free slot."""
-        in_flight, shifts = self.db.run(
-            lambda s: (live_attempts_by_node(s), node_shifts(s)), readonly=True
-        )
+        """The fleet as the router sees it now: a node without a live shift has no free slot.
+        Each node's live attempts (shape, started) are kept in `self.work` for the planner."""
+        live, shifts = self.db.run(lambda s: (live_work(s), node_shifts(s)), readonly=True)
         now = utcnow()
+        self.work = {}
+        for node_id, workflow, params, started in live:
+            self.work.setdefault(node_id, []).append((shape(workflow, params), started))
+        in_flight = {node_id: len(items) for node_id, items in self.work.items()}
         views = []
         for node in nodes:
             health = self.monitor.nodes.get(node.id)
@@ -124,6 +128,8 @@ class Dispatcher:
                 [(q.id, shape(q.workflow, q.params), v) for q, v in routable],
                 views,
                 self.estimates,
+                work=self.work,
+                now=utcnow(),
             )
             for booking in bookings:
                 if booking.placed:

@@ -5,7 +5,9 @@ slot" sends the last jobs of a burst to slow nodes, and the burst ends when the 
 finishes. The planner instead plays list scheduling over the head of the backlog, in the order it
 is served: each job is booked on the eligible node where it would *finish* first — the node's
 work ahead of it (its live attempts and earlier bookings, at that node's speed for each) plus its
-own time there — whether or not that node has a free slot now. A job booked on a node with a free
+own time there — whether or not that node has a free slot now. A live attempt that has started
+counts for what is left of it (its estimate less the time it has run, never below zero), so a
+node about to free a slot is seen as such. A job booked on a node with a free
 slot is placed; a job booked on a full node is held in the backlog (it will take the slot that
 node frees, which is sooner than finishing elsewhere), and the jobs after it are booked around it.
 
@@ -79,13 +81,34 @@ class Booking:
     """False: held for a node with no free slot now."""
 
 
+Work = Mapping[str, Sequence[tuple[str, datetime | None]]]
+"""Each node's live attempts as `(shape, started_at)`; `started_at` None: not started yet."""
+
+
 def plan(
-    jobs: Sequence[tuple[str, str, JobView]], views: Sequence[NodeView], estimates: Estimates
+    jobs: Sequence[tuple[str, str, JobView]],
+    views: Sequence[NodeView],
+    estimates: Estimates,
+    *,
+    work: Work | None = None,
+    now: datetime | None = None,
 ) -> tuple[list[Booking], list[str]]:
     """Book `(job id, shape, job view)` in order (see the module docstring). Returns the
     bookings the planner made, and the ids of jobs it left to the router (no usable
-    estimates)."""
+    estimates). Without `work`, each busy slot counts as one whole job of the booked shape."""
     nodes = {v.id: v for v in views}
+
+    def ahead_of(node: NodeView, seconds: float) -> float:
+        """Seconds of work on `node` before a job booked now could start."""
+        if work is None or now is None:
+            return busy(node) * seconds
+        total = node.queue_depth * seconds  # foreign prompts: assume the booked shape
+        for kind, started in work.get(node.id, ()):
+            each = estimates.seconds.get((kind, node.id), seconds)
+            ran = (now - started).total_seconds() if started is not None else 0.0
+            total += max(each - ran, 0.0)
+        return total
+
     ahead: dict[str, float] = {}  # seconds of work booked on each node so far
     bookings: list[Booking] = []
     routed: list[str] = []
@@ -96,7 +119,8 @@ def plan(
             routed.append(job_id)
             continue
         for node in candidates:
-            ahead.setdefault(node.id, busy(node) * seconds[node.id])
+            if node.id not in ahead:
+                ahead[node.id] = ahead_of(node, seconds[node.id])
         best = min(candidates, key=lambda n: (ahead[n.id] + seconds[n.id], n.id))
         ahead[best.id] += seconds[best.id]
         placed = free_slots(nodes[best.id]) > 0

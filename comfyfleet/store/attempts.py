@@ -243,14 +243,16 @@ def pending_attempts(session: Session, *, nodes: Sequence[str] | None = None) ->
     return list(session.scalars(stmt.order_by(Attempt.created_at)))
 
 
-def live_work(session: Session) -> list[tuple[str, str, datetime | None]]:
-    """Every live attempt as `(node, workflow, started_at)`: the work each node has now."""
+def live_work(session: Session) -> list[tuple[str, str, dict[str, Any], datetime | None]]:
+    """Every live attempt as `(node, workflow, params, started_at)`: the work each node has
+    now (`started_at` None: not started on its node yet)."""
     rows = session.execute(
-        select(Attempt.node, Job.workflow, Attempt.started_at)
+        select(Attempt.node, Job.workflow, Job.params, Attempt.started_at)
         .join(Job, Job.id == Attempt.job_id)
         .where(Attempt.status.in_(LIVE_ATTEMPT_STATUSES))
     )
-    return [(node, workflow, started) for node, workflow, started in rows]
+    return [(node, workflow, dict(params or {}), started)
+            for node, workflow, params, started in rows]  # fmt: skip
 
 
 def finished_since(

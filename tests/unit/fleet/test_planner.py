@@ -46,6 +46,26 @@ def test_a_slow_node_takes_what_it_finishes_first() -> None:
     assert sorted(held) == ["fast"] * 5 + ["slow"]  # the rest wait, mostly for the fast node
 
 
+def test_a_started_job_counts_for_what_is_left_of_it() -> None:
+    from datetime import timedelta
+
+    views = [node("fast", in_flight=2), node("slow", in_flight=1)]
+    est = speeds(fast=1.0, slow=4.0)
+    now = T0 + timedelta(seconds=10)
+    # fast: one job 0.1 s into its 1 s and one queued behind it (1.9 s of work ahead); slow:
+    # one job 3.9 s into its 4 s (0.1 s ahead)
+    work = {"fast": [("delay", now - timedelta(seconds=0.1)), ("delay", None)],
+            "slow": [("delay", now - timedelta(seconds=3.9))]}  # fmt: skip
+    bookings, _ = plan([job(1)], views, est, work=work, now=now)
+    assert [(b.node, b.placed) for b in bookings] == [("fast", False)]  # 2.9 s vs 4.1 s
+    # a slow node whose job is almost done can be the earlier finish
+    work["fast"] = [("delay", None), ("delay", None)]
+    est = speeds(fast=2.0, slow=4.0)
+    bookings, _ = plan([job(1)], views, est, work=work, now=now)
+    assert [(b.node, b.placed) for b in bookings] == [("slow", True)]  # 4.1 s vs 6 s
+    assert plan([job(1)], views, est)[0][0].node == "fast"  # whole jobs: 8 s vs 6 s
+
+
 def test_equal_or_unknown_speeds_are_left_to_the_router() -> None:
     views = [node("a"), node("b")]
     assert plan([job(1)], views, speeds(a=1.0, b=1.05)) == ([], ["j1"])  # within 10 %
