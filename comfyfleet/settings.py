@@ -130,6 +130,19 @@ class PrefectSettings(BaseModel):
         "starts its server with it; ComfyFleet's processes send it (PREFECT_API_AUTH_STRING). "
         "A server run elsewhere without auth: leave the file absent.",
     )
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        description="API processes of the Prefect server ComfyFleet starts (`prefect server "
+        "start --workers N`, its loop services in one more process). Above 1 it needs "
+        "PostgreSQL (`prefect.database_url`) and Redis (`prefect.redis_url`).",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for the Prefect server's messaging, event ordering and lease storage "
+        "(prefect-redis), e.g. redis://127.0.0.1:6379/0: what lets several API processes, on "
+        "one host or behind a load balancer, act as one server.",
+    )
 
 
 class DockerSettings(BaseModel):
@@ -284,6 +297,12 @@ class EmbeddedSettings(BaseModel):
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     stop_grace_s: float = Field(default=10.0, gt=0, description="SIGTERM → SIGKILL after this")
     smoke_job: bool = True
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="ComfyFleet worker processes, each serving every node pool: a node's shift "
+        "runs in whichever picks it up, and moves to another when that one dies.",
+    )
 
 
 def parse_rate(rate: str) -> list[Any]:

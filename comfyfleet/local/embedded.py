@@ -242,6 +242,8 @@ class EmbeddedFleet:
         spec = PrefectServer(
             home=home, port=self.prefect_port, host=self.prefect_host,
             database_url=self.settings.prefect.database_url, auth=self.auth,
+            api_workers=self.settings.prefect.api_workers,
+            redis_url=self.settings.prefect.redis_url,
         )  # fmt: skip
         try:
             env = spec.server_env()
@@ -258,6 +260,12 @@ class EmbeddedFleet:
             timeout=READY_TIMEOUT_S,
         )  # fmt: skip
         logger.info("Prefect server ready at %s", self.api_url)
+        services = spec.services_command()
+        if services is not None:
+            self._supervise(Command(
+                "prefect-services", services, log_path=self.logs / "prefect-services.log",
+                cwd=REPO_ROOT, env=env,
+            ))  # fmt: skip
 
     def _start_nodes(self) -> None:
         wanted = []
@@ -321,8 +329,14 @@ class EmbeddedFleet:
 
         worker = [sys.executable, "-m", "comfyfleet.worker", "--pool", CONTROL_POOL,
                   "--pools-matching", f"{POOL_PREFIX}*"]  # fmt: skip
-        for name, argv in (
+        host = socket.gethostname()
+        workers = [
             ("worker", worker),
+            *((f"worker-{n}", [*worker, "--name", f"{host}-{n}"])
+              for n in range(2, self.settings.embedded.workers + 1)),
+        ]  # fmt: skip
+        for name, argv in (
+            *workers,
             ("fleet-service", [sys.executable, "-m", "comfyfleet.fleet"]),
             ("web", [sys.executable, "-m", "gradio_app"]),
         ):

@@ -10,6 +10,13 @@ database (`postgresql+asyncpg://user:pw@host:5432/db`): it becomes the server's
 the database owner may create it) or an administrator creates it beforehand. Prefect supports no
 other database (MySQL is refused by Prefect itself).
 
+Scale-out (`prefect.api_workers` > 1): `prefect server start --workers N` runs N API processes on
+one port (uvicorn's supervisor starts a new one when one dies) without the loop services, which
+run in one more process (`prefect server services start`). The processes share state through
+PostgreSQL and Redis (`prefect.redis_url`, prefect-redis: messaging, causal ordering, lease
+storage), which is also what lets API processes on several hosts act as one server behind a load
+balancer (README "Operations").
+
 Auth: with an auth string (`prefect.auth_string_file`; `comfyfleet up` creates one, mode 0600)
 the server starts with `PREFECT_SERVER_API_AUTH_STRING` and refuses every API request but
 `/health` without it; each ComfyFleet process gets `PREFECT_API_AUTH_STRING`, which Prefect's
@@ -67,6 +74,37 @@ def server_database_env(database_url: str | None) -> dict[str, str]:
             "(the ComfyFleet job store is `database.url`, which may be MySQL)"
         )
     return {DATABASE_ENV: url.render_as_string(hide_password=False)}
+
+
+def server_redis_env(redis_url: str | None) -> dict[str, str]:
+    """The server's settings that put its messaging, event ordering and concurrency leases in
+    Redis (prefect-redis) for a `prefect.redis_url` ({} = in memory, one process)."""
+    if not redis_url:
+        return {}
+    return {
+        "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+        "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+        "PREFECT_REDIS_MESSAGING_URL": redis_url,
+    }
+
+
+def check_scale_out(api_workers: int, database_url: str | None, redis_url: str | None) -> None:
+    """Refuse, with the setting to change, a multi-process server Prefect cannot run."""
+    if api_workers <= 1:
+        return
+    backend = make_url(database_url).get_backend_name() if database_url else "sqlite"
+    if backend not in ("postgresql", "postgres"):
+        raise ValueError(
+            f"prefect.api_workers is {api_workers}: several API processes need the Prefect "
+            "server on PostgreSQL (set prefect.database_url), not SQLite"
+        )
+    if not redis_url:
+        raise ValueError(
+            f"prefect.api_workers is {api_workers}: several API processes share events and "
+            "leases through Redis (set prefect.redis_url, e.g. redis://127.0.0.1:6379/0)"
+        )
 
 
 def auth_string(path: Path | None, *, create: bool = False) -> str | None:
@@ -157,7 +195,10 @@ class PrefectServer:
     log_path: Path | None = None
     database_url: str | None = None  # `prefect.database_url`; None = SQLite in `home`
     auth: str | None = None  # the API's auth string; None = no auth
+    api_workers: int = 1  # `prefect.api_workers`
+    redis_url: str | None = None  # `prefect.redis_url`
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _services: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def api_url(self) -> str:
@@ -175,12 +216,15 @@ class PrefectServer:
 
         A database URL inherited from the caller's environment never leaks in: the setting
         decides, so two servers started from one process keep their own databases."""
+        check_scale_out(self.api_workers, self.database_url, self.redis_url)
         env = dict(os.environ if base is None else base)
-        env.pop(DATABASE_ENV, None)
-        env.pop(_LEGACY_DATABASE_ENV, None)
-        env.pop(SERVER_AUTH_ENV, None)
+        for name in (DATABASE_ENV, _LEGACY_DATABASE_ENV, SERVER_AUTH_ENV, *server_redis_env("-")):
+            env.pop(name, None)
         auth = {SERVER_AUTH_ENV: self.auth} if self.auth else {}
-        return {**env, **self.env(), **server_database_env(self.database_url), **auth}
+        return {
+            **env, **self.env(), **server_database_env(self.database_url),
+            **server_redis_env(self.redis_url), **auth,
+        }  # fmt: skip
 
     @property
     def database(self) -> str:
@@ -190,11 +234,19 @@ class PrefectServer:
         return make_url(self.database_url).render_as_string(hide_password=True)
 
     def command(self) -> list[str]:
-        """The server's command line (`prefect server start` on this host and port)."""
+        """The server's command line (`prefect server start` on this host and port; with
+        several API processes, `--workers N`, which leaves the loop services out)."""
+        workers = ["--workers", str(self.api_workers)] if self.api_workers > 1 else []
         return [
             sys.executable, "-m", "prefect", "server", "start",
-            "--host", self.host, "--port", str(self.port),
+            "--host", self.host, "--port", str(self.port), *workers,
         ]  # fmt: skip
+
+    def services_command(self) -> list[str] | None:
+        """The loop services' own process when the API runs in several (None: in the API's)."""
+        if self.api_workers <= 1:
+            return None
+        return [sys.executable, "-m", "prefect", "server", "services", "start"]
 
     def start(self, *, timeout: float = 120.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -214,6 +266,13 @@ class PrefectServer:
                 start_new_session=True,
             )
         self.wait_ready(timeout=timeout)
+        services = self.services_command()
+        if services is not None:
+            with log_path.with_name(log_path.stem + "-services.log").open("ab") as log:
+                self._services = subprocess.Popen(
+                    services, env=env, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
 
     def wait_ready(self, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -236,6 +295,20 @@ class PrefectServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, *, timeout: float = 20.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            stop_process_group(proc, grace_s=timeout)
+        for proc in (self._services, self._proc):
+            if proc is not None and proc.poll() is None:
+                stop_process_group(proc, grace_s=timeout)
+        self._proc = self._services = None
+
+    def api_pids(self) -> list[int]:
+        """The API processes serving the port: the server's own, or with several API
+        processes the children of uvicorn's supervisor (what a test kills to lose one)."""
+        if self._proc is None:
+            return []
+        if self.api_workers <= 1:
+            return [self._proc.pid]
+        children = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children")
+        try:
+            return [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            return []

@@ -40,13 +40,12 @@ from comfyfleet.fleet.provision import pool_name
 from comfyfleet.fleet.state import node_states
 from comfyfleet.local.node import LocalComfyUI, ensure_comfyui_install, free_port
 from comfyfleet.local.prefect_server import PrefectServer, prefect_env
-from comfyfleet.local.supervisor import stop_process_group
 from comfyfleet.settings import NodeConfig
 from comfyfleet.store import Database, upgrade
 from tests.fixtures.chaos import wait_for
 from tests.fixtures.comfy import TEST_CUSTOM_NODES, VAR_DIR
 from tests.fixtures.db import mysql_database
-from tests.fixtures.prefect import SESSION_DIR
+from tests.fixtures.prefect import SESSION_DIR, Child, postgres
 from tests.integration.test_dispatch import delay, wait_all
 from tests.support.netns import NetnsLab, TcpForwarder
 
@@ -62,33 +61,6 @@ MYSQL_PORT = 3306
 
 def node_id(i: int) -> str:
     return f"mh-{i}"
-
-
-class Child:
-    """A child process in its own session (logs to a file); stopped by its PID."""
-
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
-        self.args, self.log_path, self.env = args, log_path, env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> Child:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        return self
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            stop_process_group(proc, grace_s=10)
 
 
 class NamespacedComfyUI(LocalComfyUI):
@@ -145,19 +117,6 @@ class MultiHost:
         return int(str(run.infrastructure_pid).split(":")[1])
 
 
-def _postgres(sql: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
 def _config(root: Path, *, store_url: str, api_url: str, prefect_db_url: str) -> Path:
     path = root / "comfyfleet.yaml"
     path.write_text(
@@ -189,8 +148,8 @@ def multihost() -> Iterator[MultiHost]:
         lab.create()
         # the control plane: Prefect on a fresh PostgreSQL database, a fresh MariaDB store
         pg_name = f"cf_mh_{secrets.token_hex(5)}"
-        _postgres(f'CREATE DATABASE "{pg_name}"')
-        stack.callback(_postgres, f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+        assert postgres(f'CREATE DATABASE "{pg_name}"'), "PostgreSQL on 127.0.0.1:5432 is down"
+        stack.callback(postgres, f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
         store_url = stack.enter_context(mysql_database(prefix="cf_mh"))
         port = free_port()
         api_url = f"http://127.0.0.1:{port}/api"

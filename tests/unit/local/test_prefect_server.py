@@ -64,3 +64,39 @@ def test_database_urls_get_the_drivers_of_the_prefect_server(given: str, expecte
 def test_a_database_prefect_cannot_run_on_is_refused_before_any_server_starts(url: str) -> None:
     with pytest.raises(ValueError, match=r"prefect\.database_url"):
         server_database_env(url)
+
+
+def test_several_api_processes_run_on_postgres_and_redis_with_the_services_apart(
+    tmp_path: Path,
+) -> None:
+    server = PrefectServer(
+        home=tmp_path, port=4200, database_url=PG, api_workers=3, redis_url="redis://r:6379/2"
+    )
+    env = server.server_env({"PREFECT_MESSAGING_BROKER": "inherited"})
+    assert (
+        env["PREFECT_MESSAGING_BROKER"]
+        == env["PREFECT_MESSAGING_CACHE"]
+        == ("prefect_redis.messaging")
+    )
+    assert env["PREFECT_SERVER_EVENTS_CAUSAL_ORDERING"] == "prefect_redis.ordering"
+    assert env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] == "prefect_redis.lease_storage"
+    assert env["PREFECT_REDIS_MESSAGING_URL"] == "redis://r:6379/2"
+    assert server.command()[-2:] == ["--workers", "3"]
+    assert server.services_command()[-3:] == ["server", "services", "start"]  # type: ignore[index]
+    one = PrefectServer(home=tmp_path, port=4200)
+    assert "--workers" not in one.command() and one.services_command() is None
+    assert "PREFECT_MESSAGING_BROKER" not in one.server_env({"PREFECT_MESSAGING_BROKER": "x"})
+
+
+@pytest.mark.parametrize(
+    ("database_url", "redis_url", "names"),
+    [(None, "redis://r/0", "prefect.database_url"), (PG, None, "prefect.redis_url")],
+)
+def test_several_api_processes_without_postgres_or_redis_are_refused_naming_the_setting(
+    tmp_path: Path, database_url: str | None, redis_url: str | None, names: str
+) -> None:
+    server = PrefectServer(
+        home=tmp_path, port=4200, database_url=database_url, api_workers=2, redis_url=redis_url
+    )
+    with pytest.raises(ValueError, match=names.replace(".", r"\.")):
+        server.server_env({})
