@@ -55,6 +55,14 @@ from bench.cpu import CpuMeter, context_switches, idle_cpu_per_s
 from comfyfleet.settings import REPO_ROOT, Settings
 
 CONTROL_PLANE = ("prefect-server", "worker", "fleet-service", "web")
+
+
+def is_control_plane(name: str) -> bool:
+    """The four components every fleet has, and those scaled out: the Prefect server's loop
+    services in their own process (`prefect.api_workers` > 1), more workers (`worker-2` …)."""
+    return name in CONTROL_PLANE or name == "prefect-services" or name.startswith("worker-")
+
+
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 BENCH_VAR = REPO_ROOT / "var" / "bench"
 PROBE_DIR = Path(__file__).resolve().parent / "probe"
@@ -99,7 +107,7 @@ class Fleet:
         return auth_headers(auth_string(auth_string_path(self.settings)))
 
     def control_plane(self) -> dict[str, int]:
-        return {name: self.pids[name] for name in CONTROL_PLANE if name in self.pids}
+        return {name: pid for name, pid in self.pids.items() if is_control_plane(name)}
 
     def nodes(self) -> dict[str, int]:
         return {name: pid for name, pid in self.pids.items() if name.startswith("comfyui-")}
@@ -415,6 +423,7 @@ def table(runs: list[RunResult]) -> str:
     """Per component: idle CPU/s, CPU-s per job of every run, their mean and the mean share of
     it that idle work would have cost over the same wall time."""
     names = [*CONTROL_PLANE, *sorted({n for r in runs for n in r.cpu_s if n not in CONTROL_PLANE})]
+    ours = [n for n in names if is_control_plane(n)]
     per_run = [f"run {i + 1}" for i in range(len(runs))]
     head = [
         "component",
@@ -435,8 +444,8 @@ def table(runs: list[RunResult]) -> str:
         return [label, f"{wakeups or 0:.0f}", _f(idle), *[_f(v) for v in per_job],
                 _f(_mean(per_job)), _f(idle_job)]  # fmt: skip
 
-    rows = [row(n if n in CONTROL_PLANE else f"({n}: not control plane)", [n]) for n in names]
-    rows.append(row("control plane", list(CONTROL_PLANE)))
+    rows = [row(n if n in ours else f"({n}: not control plane)", [n]) for n in names]
+    rows.append(row("control plane", ours))
     rows.append(["wall s", "", "", *[f"{r.wall_s:.1f}" for r in runs], "", ""])
     rows.append(["jobs completed", "", "", *[f"{r.completed}/{r.jobs}" for r in runs], "", ""])
     rows.append(["other processes, cores", "", "",

@@ -250,6 +250,10 @@ class EmbeddedFleet:
         except ValueError as exc:
             raise StartError(str(exc)) from None
         logger.info("starting the Prefect server (database: %s)", spec.database)
+        try:
+            spec.migrate(env, self.logs / "prefect-server.log")
+        except RuntimeError as exc:
+            raise StartError(str(exc)) from None
         server = Command(
             "prefect-server", spec.command(), log_path=self.logs / "prefect-server.log",
             cwd=REPO_ROOT, env=env,

@@ -12,10 +12,12 @@ other database (MySQL is refused by Prefect itself).
 
 Scale-out (`prefect.api_workers` > 1): `prefect server start --workers N` runs N API processes on
 one port (uvicorn's supervisor starts a new one when one dies) without the loop services, which
-run in one more process (`prefect server services start`). The processes share state through
-PostgreSQL and Redis (`prefect.redis_url`, prefect-redis: messaging, causal ordering, lease
-storage), which is also what lets API processes on several hosts act as one server behind a load
-balancer (README "Operations").
+run in one more process (`prefect server services start`). The database is migrated once before
+(`prefect server database upgrade`) and its block types registered once: API processes doing
+either at start-up race on `CREATE TABLE` and on the block types' unique keys.
+The processes share state through PostgreSQL and Redis (`prefect.redis_url`, prefect-redis:
+messaging, causal ordering, lease storage), which is also what lets API processes on several
+hosts act as one server behind a load balancer (README "Operations").
 
 Auth: with an auth string (`prefect.auth_string_file`; `comfyfleet up` creates one, mode 0600)
 the server starts with `PREFECT_SERVER_API_AUTH_STRING` and refuses every API request but
@@ -50,6 +52,21 @@ AUTH_ENV = "PREFECT_API_AUTH_STRING"
 SERVER_AUTH_ENV = "PREFECT_SERVER_API_AUTH_STRING"
 """The server's own setting: every API request but /health must carry the string."""
 _LEGACY_DATABASE_ENV = "PREFECT_API_DATABASE_CONNECTION_URL"
+MIGRATE_ENV = "PREFECT_SERVER_DATABASE_MIGRATE_ON_START"
+REGISTER_BLOCKS_ENV = "PREFECT_SERVER_REGISTER_BLOCKS_ON_START"
+_REGISTER_BLOCK_TYPES = """
+import asyncio
+import prefect.plugins
+from prefect.server.database import provide_database_interface
+from prefect.server.models.block_registration import run_block_auto_registration
+
+async def main():
+    prefect.plugins.load_prefect_collections()
+    async with await provide_database_interface().session() as session:
+        await run_block_auto_registration(session=session)
+
+asyncio.run(main())
+"""
 
 
 def server_database_env(database_url: str | None) -> dict[str, str]:
@@ -218,12 +235,17 @@ class PrefectServer:
         decides, so two servers started from one process keep their own databases."""
         check_scale_out(self.api_workers, self.database_url, self.redis_url)
         env = dict(os.environ if base is None else base)
-        for name in (DATABASE_ENV, _LEGACY_DATABASE_ENV, SERVER_AUTH_ENV, *server_redis_env("-")):
+        inherited = (
+            DATABASE_ENV, _LEGACY_DATABASE_ENV, SERVER_AUTH_ENV, MIGRATE_ENV, REGISTER_BLOCKS_ENV
+        )  # fmt: skip
+        for name in (*inherited, *server_redis_env("-")):
             env.pop(name, None)
         auth = {SERVER_AUTH_ENV: self.auth} if self.auth else {}
+        prepared = {MIGRATE_ENV: "false", REGISTER_BLOCKS_ENV: "false"}
+        migrated = prepared if self.api_workers > 1 else {}
         return {
             **env, **self.env(), **server_database_env(self.database_url),
-            **server_redis_env(self.redis_url), **auth,
+            **server_redis_env(self.redis_url), **auth, **migrated,
         }  # fmt: skip
 
     @property
@@ -242,6 +264,25 @@ class PrefectServer:
             "--host", self.host, "--port", str(self.port), *workers,
         ]  # fmt: skip
 
+    def migrate(self, env: dict[str, str], log_path: Path) -> None:
+        """With several API processes, bring the database to Prefect's schema and register the
+        block types first, once (the processes then start with both off)."""
+        if self.api_workers <= 1:
+            return
+        steps = {
+            "prefect server database upgrade": [
+                sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"
+            ],
+            "block type registration": [sys.executable, "-c", _REGISTER_BLOCK_TYPES],
+        }  # fmt: skip
+        for what, argv in steps.items():
+            with log_path.open("ab") as log:
+                done = subprocess.run(
+                    argv, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=600, check=False
+                )
+            if done.returncode != 0:
+                raise RuntimeError(f"{what} exited with {done.returncode} (log: {log_path})")
+
     def services_command(self) -> list[str] | None:
         """The loop services' own process when the API runs in several (None: in the API's)."""
         if self.api_workers <= 1:
@@ -257,6 +298,7 @@ class PrefectServer:
             "starting Prefect server on %s (home %s, database %s)",
             self.ui_url, self.home, self.database,
         )  # fmt: skip
+        self.migrate(env, log_path)
         with log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 self.command(),
@@ -309,6 +351,14 @@ class PrefectServer:
             return [self._proc.pid]
         children = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children")
         try:
-            return [int(pid) for pid in children.read_text().split()]
+            pids = [int(pid) for pid in children.read_text().split()]
         except OSError:
             return []
+        return [pid for pid in pids if b"spawn_main" in _cmdline(pid)]  # not the resource tracker
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

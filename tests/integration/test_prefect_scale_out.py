@@ -179,15 +179,27 @@ async def test_killing_one_of_two_api_processes_mid_run_loses_and_repeats_no_job
         assert executed[job.id] == 1, f"{job.id} executed {executed[job.id]} times on the nodes"
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-    async with so.client() as client:
-        runs = await client.read_task_runs(
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-")), limit=200
-        )
-    completed = Counter(
-        next((i for i in ids if run.name.endswith(i)), None)
-        for run in runs if run.state is not None and run.state.is_completed()
-    )  # fmt: skip
-    assert all(completed[i] == 1 for i in ids), {i: completed[i] for i in ids}
+    async def task_run_states() -> dict[str, list[str]]:
+        """Each job's task runs' states in Prefect (recorded from the runs' events)."""
+        async with so.client() as client:
+            runs = await client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="-")), limit=200
+            )
+        states: dict[str, list[str]] = {i: [] for i in ids}
+        for run in runs:
+            job_id = next((i for i in ids if run.name.endswith(i)), None)
+            if job_id is not None:
+                states[job_id].append(run.state.name if run.state is not None else "none")
+        return states
+
+    async def each_one_completed_task_run() -> bool:
+        return all(names == ["Completed"] for names in (await task_run_states()).values())
+
+    try:
+        await wait_for(each_one_completed_task_run, timeout=60, what="task runs recorded")
+    except TimeoutError:
+        states = await task_run_states()
+        raise AssertionError({i: s for i, s in states.items() if s != ["Completed"]}) from None
     for worker in so.workers:
         assert worker.proc is not None and worker.proc.poll() is None, "a worker died"
     print(
