@@ -139,6 +139,7 @@ def test_report_writes_markdown_with_summary_and_plots(tmp_path: Path) -> None:
 
 def test_only_selects_benchmarks_in_run_order_and_rejects_unknown_names() -> None:
     assert parse_only("b3, B1") == ["B1", "B3"]
-    assert parse_only(None) == ["B1", "B2", "B4", "B3"]
+    assert parse_only(None) == ["B1", "B2", "B4", "B3"]  # B5 runs only when named
+    assert parse_only("B5") == ["B5"]
     with pytest.raises(SystemExit):
         parse_only("B9")
