@@ -4,8 +4,10 @@ expired (the fleet service runs `Recovery.check` every `ATTEMPT_CHECK_S`).
 - **Shifts** (`keep_shifts`): every node in rotation has a shift run (`node-shift/<node>`). A
   node with no shift, or whose shift stopped beating (worker killed, host lost, run cancelled),
   gets a new run, reserved in the store first so only one is asked for. A run still waiting for a
-  worker (Scheduled, Pending) is waited for, not doubled; a run that stopped beating while
-  Running is marked Crashed in Prefect.
+  worker (Scheduled, Pending) is waited for, not doubled, and so is a run Running for less than
+  `FIRST_BEAT_S` that has not claimed its node yet (a worker starting a hundred shifts at once
+  takes a while to reach each one's first beat); a run that stopped beating while Running is
+  marked Crashed in Prefect.
 - **Lost attempts**: an attempt whose lease expired lost its holder (a shift, or a pinned run
   started from Prefect). If its node is in rotation and the prompt is still there (running,
   queued, or in its history), the attempt goes back to the node's shift, which follows that
@@ -59,6 +61,8 @@ STRANDED_S = 30.0
 HANDBACK_LEASE_S = 30.0
 """Time the node's shift has to take back an attempt handed back to it."""
 WAITING = (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED)
+FIRST_BEAT_S = 120.0
+"""A shift run Running this long without claiming its node is lost (see the module docstring)."""
 
 
 class Fleet(Protocol):
@@ -125,6 +129,8 @@ class Recovery:
                 run = await client.read_flow_run(row.shift_id)
             if run is not None and run.state_type in WAITING:
                 return  # waits for a worker: starting another would not help
+            if run is not None and _starting(run, row, utcnow()):
+                return  # on its way to its first beat
             if run is not None and run.state_type == StateType.RUNNING:
                 with contextlib.suppress(Exception):
                     await client.set_flow_run_state(
@@ -235,6 +241,13 @@ class Recovery:
     def _in_rotation(self, node_id: str) -> bool:
         node = next((n for n in self.fleet.nodes if n.id == node_id), None)
         return node is not None and self.fleet.out_of_rotation(node) is None
+
+
+def _starting(run: Any, row: Any, now: datetime) -> bool:
+    """A shift run that is Running but has not claimed its node yet, started < FIRST_BEAT_S ago."""
+    if run.state_type != StateType.RUNNING or row.holder or run.start_time is None:
+        return False
+    return (now - _aware(run.start_time)).total_seconds() < FIRST_BEAT_S
 
 
 def _aware(value: datetime) -> datetime:

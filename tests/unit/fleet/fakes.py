@@ -168,6 +168,7 @@ class FakeDeployments:
     def __init__(self) -> None:
         self.created: list[dict[str, Any]] = []
         self.runs: dict[str, StateType] = {}
+        self.started: dict[str, Any] = {}  # id → start_time, for runs that started
         self.states: list[tuple[str, str]] = []
         self.deleted: list[str] = []
 
@@ -185,7 +186,8 @@ class FakeDeployments:
 
         if str(run_id) not in self.runs:
             raise ObjectNotFound(httpx.HTTPStatusError("404", request=None, response=None))  # type: ignore[arg-type]
-        return SimpleNamespace(id=run_id, state_type=self.runs[str(run_id)])
+        return SimpleNamespace(id=run_id, state_type=self.runs[str(run_id)],
+                               start_time=self.started.get(str(run_id)))  # fmt: skip
 
     async def set_flow_run_state(self, run_id: Any, state: Any, force: bool = False) -> Any:
         self.states.append((str(run_id), state.type.value))

@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect.client.schemas.objects import StateType
 from sqlalchemy import update
 
-from comfyfleet.fleet.recovery import STRANDED_S
+from comfyfleet.fleet.recovery import FIRST_BEAT_S, STRANDED_S
 from comfyfleet.jobs.shift import STALE_AFTER_S
 from comfyfleet.store import (
     Attempt,
@@ -57,6 +57,25 @@ async def test_a_lost_shift_is_replaced_but_one_waiting_for_a_worker_is_not(
     await recovery(svc).keep_shifts(prefect)  # type: ignore[arg-type]
     assert sorted(c["parameters"]["node"] for c in prefect.created) == ["gpu-2", "gpu-3"]
     assert (stale_running, "CRASHED") in prefect.states  # said in Prefect: its worker is lost
+
+
+async def test_a_shift_run_on_its_way_to_its_first_beat_is_not_doubled(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    svc = service(sqlite_db, tmp_path, gpu(1), gpu(2))
+    prefect = FakeDeployments()
+    stale = utcnow() - timedelta(seconds=STALE_AFTER_S * 3)  # when the runs were reserved
+    for node, running_for in (("gpu-1", 30.0), ("gpu-2", FIRST_BEAT_S + 30)):
+        run = await prefect.create_flow_run_from_deployment(None, parameters={"node": node})
+        prefect.runs[str(run.id)] = StateType.RUNNING  # picked up by a busy worker
+        prefect.started[str(run.id)] = utcnow() - timedelta(seconds=running_for)
+        sqlite_db.run(lambda s, n=node, r=run: reserve(
+            s, node=n, shift_id=str(r.id), stale_after_s=STALE_AFTER_S, now=stale))  # fmt: skip
+    prefect.created.clear()
+    await recovery(svc).keep_shifts(prefect)  # type: ignore[arg-type]
+    # gpu-1's run started 30 s ago and has not claimed the node yet: waited for; gpu-2's has
+    # been Running without a beat for longer than FIRST_BEAT_S: lost, replaced
+    assert [c["parameters"]["node"] for c in prefect.created] == ["gpu-2"]
 
 
 async def test_a_lost_attempt_goes_back_to_its_nodes_shift_or_to_the_backlog(
