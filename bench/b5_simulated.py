@@ -12,9 +12,10 @@ Before a run, every node's shift is live (a fleet in service has its shifts runn
 Per run (`B5.runs`): `nodes`, `job_s`, `ramp_s` (first submit → every node executing),
 `busy_fraction_steady` (from the moment every node has started its first job to the moment the
 first node runs out of work: the share of that window the nodes spend executing),
-`jobs_per_s` (executions ending in that window ÷ its length) against `demand_per_s` (nodes ÷
-job length: what the nodes could do), `dispatch_s` (submit → execution_start of each node's
-first job), `cpu_s_per_job` (control plane, and per component). The shorter-job runs on 100
+`jobs_per_s` (jobs completed ÷ the time from the first execution_start to the last
+execution_success) against `demand_per_s` (nodes ÷ job length: what the nodes could do),
+`dispatch_s` (submit → execution_start of each node's first job), `cpu_s_per_job` (control
+plane, and per component). The shorter-job runs on 100
 nodes are the sweep: the first length at which `jobs_per_s` falls under 90 % of the demand is
 where one control plane saturates on this machine (`saturation`).
 
@@ -189,17 +190,18 @@ def figures(t0: float, execs: list[Execution], nodes: list[str], job_s: float) -
     if window > 0:
         busy = [union_length([(e.start, e.end) for e in v], all_started, first_out) / window
                 for v in by_node.values()]  # fmt: skip
-        ended = sum(1 for e in ok if all_started < e.end <= first_out)
-        steady, rate = sum(busy) / len(busy), ended / window
+        steady = sum(busy) / len(busy)
     else:
-        steady = rate = math.nan
+        steady = math.nan
+    first_start, last_end = min(e.start for e in ok), max(e.end for e in ok)
+    rate = len(ok) / (last_end - first_start) if last_end > first_start else math.nan
     return {
         **out,
         "ramp_s": all_started - t0,
         "steady_window_s": window,
         "busy_fraction_steady": steady,
         "jobs_per_s": rate,
-        "makespan_s": max(e.end for e in ok) - t0,
+        "makespan_s": last_end - t0,
         "dispatch_s": summarize([e.start - e.submitted for e in firsts]),
     }
 

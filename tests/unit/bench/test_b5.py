@@ -21,7 +21,7 @@ def test_ramp_steady_window_busy_fraction_and_rate() -> None:
     got = figures(0.0, execs, ["a", "b"], job_s=10.0)
     assert got["ramp_s"] == 3.0 and got["steady_window_s"] == 20.0
     assert got["busy_fraction_steady"] == (20 / 20 + 18 / 20) / 2
-    assert got["jobs_per_s"] == 4 / 20  # a's 11, 21 and b's 13, 23 end inside (3, 23]
+    assert got["jobs_per_s"] == 5 / 30  # five jobs from the first start (1) to the last end (31)
     assert got["demand_per_s"] == 0.2 and got["completed"] == 5
     assert got["dispatch_s"]["p50"] == 2.0  # first starts 1 and 3 after the submit at 0
 
