@@ -19,7 +19,8 @@ plane, and per component). The shorter-job runs on 100
 nodes are the sweep: the first length at which `jobs_per_s` falls under 90 % of the demand is
 where one control plane saturates on this machine (`saturation`).
 
-`python -m bench --only B5` (≤ 30 min); `make bench` leaves it out.
+`python -m bench --only B5` (≤ 30 min); `make bench` leaves it out. `BENCH_B5_RUNS=100x5,100x5@2/2`
+runs only the named runs, here one API process and one worker against two of each (SCALED_OUT).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.context import Context
+from bench.cpu import descendants, read_procs
 from bench.drive import CpuMeter, FleetDriver
 from bench.fleet import ControlPlane, NodeEntry, mysql_available
 from bench.stats import Execution, summarize, union_length
@@ -44,11 +46,15 @@ NAME = "B5"
 TITLE = "simulated fleet"
 JOBS_PER_NODE = 5
 PLAN = {
-    # (nodes, job lengths in seconds): the first length of each is the long-job run, the rest
-    # the sweep towards saturation
-    "full": [(100, [60.0, 10.0, 5.0, 2.0]), (300, [60.0])],
-    "quick": [(20, [5.0, 1.0])],
+    # (nodes, job lengths in seconds, Prefect API processes, worker processes): the first length
+    # of each is the long-job run, the rest the sweep towards saturation
+    "full": [(100, [60.0, 10.0, 5.0, 2.0], 1, 1), (300, [60.0], 1, 1)],
+    "quick": [(20, [5.0, 1.0], 1, 1)],
 }
+SCALED_OUT = [(100, [5.0], 2, 2)]
+"""The control plane scaled out (two API processes on PostgreSQL + Redis, two workers) at the
+sweep's 5-s point: only when `BENCH_B5_RUNS` names it (`100x5@2/2`), as the full plan already
+takes most of the 30 minutes."""
 SATURATED_BELOW = 0.9
 """A run whose jobs/s falls under this share of the demand: the control plane is the limit."""
 SHIFTS_TIMEOUT_S = 600.0
@@ -78,19 +84,35 @@ def simulated_nodes(count: int, log_path: Path) -> Iterator[tuple[list[str], int
             proc.kill()
 
 
+def selected(plan: list[tuple[int, list[float], int, int]], wanted: str = "") -> list[Any]:
+    """The plan, or only the runs `wanted` names (`BENCH_B5_RUNS`, e.g. `100x5,100x5@2/2`:
+    nodes x job s, @ API processes / workers when scaled out; these may come from SCALED_OUT)."""
+    names = {w.strip() for w in wanted.split(",") if w.strip()}
+    if not names:
+        return plan
+
+    def key(n: int, s: float, api: int, workers: int) -> str:
+        return f"{n}x{s:g}" + (f"@{api}/{workers}" if (api, workers) != (1, 1) else "")
+
+    kept = [(n, [s for s in lengths if key(n, s, api, workers) in names], api, workers)
+            for n, lengths, api, workers in [*plan, *SCALED_OUT]]  # fmt: skip
+    return [entry for entry in kept if entry[1]]
+
+
 def run(ctx: Context) -> dict[str, Any]:
     ctx.stop_main_fleet()  # the real nodes' control plane would share the cores
-    plan = PLAN["quick" if ctx.quick else "full"]
+    plan = selected(PLAN["quick" if ctx.quick else "full"], os.environ.get("BENCH_B5_RUNS", ""))
     store = "mysql" if mysql_available() else "sqlite"
     out: dict[str, Any] = {"jobs_per_node": JOBS_PER_NODE, "store_db": store, "runs": []}
     if ctx.quick:
         out["scaled_down"] = f"quick mode: {plan}"
-    for count, lengths in plan:
-        ctx.log(f"B5: {count} simulated nodes")
-        with simulated_nodes(count, ctx.run_dir / f"b5-{count}" / "simnode.log") as (urls, pid):
+    for count, lengths, api_workers, workers in plan:
+        where = ctx.run_dir / f"b5-{count}-api{api_workers}-w{workers}"
+        ctx.log(f"B5: {count} simulated nodes, {api_workers} API process(es), {workers} worker(s)")
+        with simulated_nodes(count, where / "simnode.log") as (urls, pid):
             entries = [NodeEntry(f"sim-{i + 1}", url, ["delay"]) for i, url in enumerate(urls)]
-            cp = ControlPlane(ctx.run_dir / f"b5-{count}", entries, prefect_db=ctx.prefect_db,
-                              store_db=store)  # fmt: skip
+            cp = ControlPlane(where, entries, prefect_db=ctx.prefect_db, store_db=store,
+                              api_workers=api_workers, workers=workers)  # fmt: skip
             try:
                 cp.start()
                 ctx.log(f"B5: control plane ready ({cp.timings})")
@@ -99,8 +121,8 @@ def run(ctx: Context) -> dict[str, Any]:
                 ctx.log(f"B5: every node's shift live after {shifts_s:.0f}s")
                 for job_s in lengths:
                     one = _one_run(ctx, cp, driver, entries, pid, job_s)
-                    one["control_plane_start_s"] = cp.timings
-                    one["shifts_ready_s"] = shifts_s
+                    one.update(control_plane_start_s=cp.timings, shifts_ready_s=shifts_s,
+                               api_workers=api_workers, workers=workers)  # fmt: skip
                     out["runs"].append(one)
                 driver.close()
             except Exception as exc:
@@ -108,7 +130,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 out["runs"].append({"nodes": count, "error": repr(exc)})
             finally:
                 cp.stop()
-    out["saturation"] = saturation(out["runs"])
+    out["saturation"] = saturation([r for r in out["runs"] if r.get("api_workers", 1) == 1])
     return out
 
 
@@ -138,7 +160,8 @@ def _one_run(
     total = count * JOBS_PER_NODE
     batch = f"b5-{count}-{job_s:g}-{ctx.stamp}"
     ctx.log(f"B5: {count} nodes, {total} jobs of {job_s:g}s")
-    pids = {name: [pid] for name, pid in cp.pids().items()}
+    procs = read_procs()  # the server's tree: its API processes when it runs several
+    pids = {name: descendants([pid], procs) for name, pid in cp.pids().items()}
     pids["simulated nodes"] = [sim_pid]
     pids["bench driver"] = [os.getpid()]
     timeout = job_s * JOBS_PER_NODE * 3 + 300
@@ -226,6 +249,8 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for r in result.get("runs", []):
         label = f"{r['nodes']} nodes x {r.get('job_s', 0):g} s jobs"
+        if r.get("api_workers", 1) > 1 or r.get("workers", 1) > 1:
+            label += f" ({r['api_workers']} API processes, {r['workers']} workers)"
         if "error" in r:
             rows.append(("B5", label, "failed", r["error"][:80], ""))
             continue
@@ -252,17 +277,18 @@ def markdown(result: dict[str, Any]) -> str:
         f"{JOBS_PER_NODE} delay jobs per simulated node, submitted at once; job store on "
         f"{result.get('store_db')}.",
         "",
-        "| nodes | job s | ramp s | busy (steady) | jobs/s | demand jobs/s | first dispatch p50 "
-        "/ p95 s | CPU-s/job (control plane) | by component |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| nodes | job s | API processes / workers | ramp s | busy (steady) | jobs/s | demand "
+        "jobs/s | first dispatch p50 / p95 s | CPU-s/job (control plane) | by component |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result.get("runs", []):
         if "error" in r:
-            lines.append(f"| {r['nodes']} | – | failed: `{r['error'][:120]}` | | | | | | |")
+            lines.append(f"| {r['nodes']} | – | – | failed: `{r['error'][:120]}` | | | | | | |")
             continue
         parts = ", ".join(f"{k} {v:.3f}" for k, v in r["cpu_s_per_job_by_component"].items())
         lines.append(
-            f"| {r['nodes']} | {r['job_s']:g} | {r['ramp_s']:.1f} | "
+            f"| {r['nodes']} | {r['job_s']:g} | {r.get('api_workers', 1)} / {r.get('workers', 1)} "
+            f"| {r['ramp_s']:.1f} | "
             f"{r['busy_fraction_steady']:.3f} | {r['jobs_per_s']:.2f} | {r['demand_per_s']:.1f} "
             f"| {r['dispatch_s']['p50']:.2f} / {r['dispatch_s']['p95']:.2f} | "
             f"{r['cpu_s_per_job']:.3f} | {parts} |"

@@ -166,6 +166,16 @@ def _wait_http(url: str, timeout: float, child: Child | None = None) -> None:
 # -- databases -------------------------------------------------------------------------------
 
 
+BENCH_REDIS_URL = "redis://127.0.0.1:6379/6"
+"""The Redis database of a control plane with several Prefect API processes (emptied around it)."""
+
+
+def _flush_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(BENCH_REDIS_URL).flushdb()
+
+
 def postgres_available() -> bool:
     try:
         import asyncpg  # noqa: F401  (ships with prefect)
@@ -236,6 +246,8 @@ class ControlPlane:
     store_db: str = "sqlite"  # or "mysql"
     gateway: bool = False
     strategy: str = "least_loaded"
+    api_workers: int = 1  # Prefect API processes (> 1: PostgreSQL and Redis, as `prefect.*`)
+    workers: int = 1  # ComfyFleet worker processes, each serving every node pool
     children: dict[str, Child] = field(default_factory=dict)
     prefect_port: int = 0
     gateway_port: int = 0
@@ -314,23 +326,41 @@ class ControlPlane:
         self._write_config()
         env = self.env()
         logs = self.root / "logs"
-        command = PrefectServer(home=self.root / "prefect-home", port=self.prefect_port).command()
+        logs.mkdir(parents=True, exist_ok=True)
+        spec = PrefectServer(
+            home=self.root / "prefect-home", port=self.prefect_port,
+            database_url=self.prefect_database_url(), api_workers=self.api_workers,
+            redis_url=BENCH_REDIS_URL if self.api_workers > 1 else None,
+        )  # fmt: skip
+        if self.api_workers > 1:
+            _flush_redis()
+            server_env = spec.server_env(env)
+            spec.migrate(server_env, logs / "prefect-server.log")
+        else:
+            server_env = env
         server = self.children["prefect-server"] = Child(
-            "prefect-server", command, env, logs / "prefect-server.log"
+            "prefect-server", spec.command(), server_env, logs / "prefect-server.log"
         )
         server.start()
         self._prepare_store()
         _wait_http(f"{self.api_url}/health", 240, server)
+        services = spec.services_command()
+        if services is not None:
+            self.children["prefect-services"] = Child(
+                "prefect-services", services, server_env, logs / "prefect-services.log"
+            )
+            self.children["prefect-services"].start()
         self.timings["prefect_server_ready_s"] = time.monotonic() - started
         applied = time.monotonic()
         self._apply()
         self.timings["apply_fleet_s"] = time.monotonic() - applied
         from deployments import pool_name
 
-        worker_args = [sys.executable, "-m", "comfyfleet.worker", "--name", "bench"]
-        for node in self.nodes:
-            worker_args += ["--pool", pool_name(node.id)]
-        self.children["worker"] = Child("worker", worker_args, env, logs / "worker.log")
+        pools = [a for node in self.nodes for a in ("--pool", pool_name(node.id))]
+        for n in range(1, self.workers + 1):
+            name, label = ("worker", "bench") if n == 1 else (f"worker-{n}", f"bench-{n}")
+            args = [sys.executable, "-m", "comfyfleet.worker", "--name", label, *pools]
+            self.children[name] = Child(name, args, env, logs / f"{name}.log")
         self.children["fleet-service"] = Child(
             "fleet-service",
             [sys.executable, "-m", "comfyfleet.fleet"],
@@ -345,9 +375,9 @@ class ControlPlane:
                 env,
                 logs / "gateway.log",
             )
-        for name in ("worker", "fleet-service", "gateway"):
-            if name in self.children:
-                self.children[name].start()
+        for name, child in self.children.items():
+            if name.startswith("worker") or name in ("fleet-service", "gateway"):
+                child.start()
         if self.gateway:
             _wait_http(f"{self.gateway_url}/api/health", 120, self.children["gateway"])
         self.timings["start_s"] = time.monotonic() - started
@@ -419,7 +449,10 @@ class ControlPlane:
                 raise RuntimeError(f"{child.name} died:\n{child.log_tail()}")
 
     def stop(self) -> None:
-        for name in ("gateway", "fleet-service", "worker", "process-worker", "prefect-server"):
+        workers = sorted(n for n in self.children if n.startswith("worker"))
+        order = ("gateway", "fleet-service", *workers, "process-worker", "prefect-services",
+                 "prefect-server")  # fmt: skip
+        for name in order:
             child = self.children.pop(name, None)
             if child is not None:
                 child.stop(timeout=20 if name == "prefect-server" else 10)
@@ -429,6 +462,8 @@ class ControlPlane:
         if self._pg_db:
             _run_sql_pg(f'DROP DATABASE IF EXISTS "{self._pg_db}" WITH (FORCE)')
             self._pg_db = None
+        if self.api_workers > 1:
+            _flush_redis()
         if self._mysql_db:
             _run_sql_mysql(f"DROP DATABASE IF EXISTS `{self._mysql_db}`")
             self._mysql_db = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from bench.b5_simulated import figures, saturation
+from bench.b5_simulated import PLAN, figures, saturation, selected
 from bench.stats import Execution
 
 
@@ -41,3 +41,10 @@ def test_saturation_is_the_first_demand_the_control_plane_fell_behind() -> None:
     ]
     assert saturation(runs) == {"max_jobs_per_s": 13.0, "saturated_at_demand_per_s": 20.0}
     assert saturation(runs[:2])["saturated_at_demand_per_s"] is None  # type: ignore[index]
+
+
+def test_bench_b5_runs_selects_runs_and_the_scaled_out_control_plane() -> None:
+    full = PLAN["full"]
+    assert selected(full) == full
+    assert selected(full, "100x5, 100x5@2/2") == [(100, [5.0], 1, 1), (100, [5.0], 2, 2)]
+    assert selected(full, "300x60") == [(300, [60.0], 1, 1)]
