@@ -86,7 +86,10 @@ def test_a_20_step_job_shows_distinct_previews_before_its_image(web: str, browse
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not final.count():
         for src in page.eval_on_selector_all(
-            "img[src*='preview-']", "imgs => imgs.map(i => i.getAttribute('src'))"
+            # the preview files (preview-N.jpg); once, the final PNG's URL matched a bare
+            # 'preview-' while the image switched over
+            "img[src*='preview-'][src$='.jpg']",
+            "imgs => imgs.map(i => i.getAttribute('src'))",
         ):
             if src not in previews:
                 previews.append(src)
