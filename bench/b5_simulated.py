@@ -142,8 +142,8 @@ def _wait_shifts(driver: FleetDriver, nodes: list[str]) -> float:
     live: list[str] = []
     while time.monotonic() - started < SHIFTS_TIMEOUT_S:
         shifts = driver.db.run(node_shifts, readonly=True)
-        live = [n for n in nodes if (s := shifts.get(n)) is not None and s.holder
-                and s.live(stale_after_s=STALE_AFTER_S)]  # fmt: skip
+        working = {n for n, s in shifts.items() if s.working(stale_after_s=STALE_AFTER_S)}
+        live = [n for n in nodes if n in working]
         if len(live) == len(nodes):
             return time.monotonic() - started
         time.sleep(1.0)

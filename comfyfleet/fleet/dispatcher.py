@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from comfyfleet import bell
 from comfyfleet.catalog import Catalog, CatalogError
 from comfyfleet.fleet.monitor import Monitor
-from comfyfleet.fleet.planner import Estimates, plan, shape
+from comfyfleet.fleet.planner import Estimates, Work, plan, shape
 from comfyfleet.fleet.router import JobView, NodeView, Router, eligible, free_slots
 from comfyfleet.jobs.shift import STALE_AFTER_S
 from comfyfleet.settings import NodeConfig
@@ -61,27 +61,22 @@ class Dispatcher:
         self.db, self.router, self.monitor, self.catalog = db, router, monitor, catalog
         self.bells = bell.bell_dir(str(db.url))
         self.estimates = Estimates()
-        self.work: dict[str, list[tuple[str, datetime | None]]] = {}
         self._learnt_at = 0.0
 
-    def views(self, nodes: Iterable[NodeConfig]) -> list[NodeView]:
-        """The fleet as the router sees it now: a node without a live shift has no free slot.
-        Each node's live attempts (shape, started) are kept in `self.work` for the planner."""
+    def snapshot(self, nodes: Iterable[NodeConfig]) -> tuple[list[NodeView], Work]:
+        """The fleet as the router sees it now (a node without a live shift has no free slot),
+        and each node's live attempts as `(shape, started)` for the planner."""
         live, shifts = self.db.run(lambda s: (live_work(s), node_shifts(s)), readonly=True)
         now = utcnow()
-        self.work = {}
+        work: dict[str, list[tuple[str, datetime | None]]] = {}
         for node_id, workflow, params, started in live:
-            self.work.setdefault(node_id, []).append((shape(workflow, params), started))
-        in_flight = {node_id: len(items) for node_id, items in self.work.items()}
+            work.setdefault(node_id, []).append((shape(workflow, params), started))
+        in_flight = {node_id: len(items) for node_id, items in work.items()}
         views = []
         for node in nodes:
             health = self.monitor.nodes.get(node.id)
             shift = shifts.get(node.id)
-            working = (
-                shift is not None
-                and bool(shift.holder)
-                and shift.live(stale_after_s=STALE_AFTER_S, now=now)
-            )
+            working = shift is not None and shift.working(stale_after_s=STALE_AFTER_S, now=now)
             views.append(
                 NodeView.from_config(
                     node,
@@ -92,13 +87,13 @@ class Dispatcher:
                     last_checkpoint=health.last_checkpoint if health else None,
                 )
             )
-        return views
+        return views, work
 
     async def tick(self, nodes: list[NodeConfig]) -> int:
         """Place what the backlog's head can take now; returns how many attempts were made."""
         if not await asyncio.to_thread(self.db.run, has_queued, readonly=True):
             return 0
-        views = await asyncio.to_thread(self.views, nodes)
+        views, work = await asyncio.to_thread(self.snapshot, nodes)
         free = {v.id: v.capabilities for v in views if v.healthy and v.enabled and free_slots(v)}
         if not free:
             return 0
@@ -128,7 +123,7 @@ class Dispatcher:
                 [(q.id, shape(q.workflow, q.params), v) for q, v in routable],
                 views,
                 self.estimates,
-                work=self.work,
+                work=work,
                 now=utcnow(),
             )
             for booking in bookings:

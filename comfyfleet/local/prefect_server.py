@@ -93,18 +93,19 @@ def server_database_env(database_url: str | None) -> dict[str, str]:
     return {DATABASE_ENV: url.render_as_string(hide_password=False)}
 
 
+_REDIS_MODULES = {
+    "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+    "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+    "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+}
+REDIS_URL_ENV = "PREFECT_REDIS_MESSAGING_URL"
+
+
 def server_redis_env(redis_url: str | None) -> dict[str, str]:
     """The server's settings that put its messaging, event ordering and concurrency leases in
     Redis (prefect-redis) for a `prefect.redis_url` ({} = in memory, one process)."""
-    if not redis_url:
-        return {}
-    return {
-        "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
-        "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
-        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
-        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
-        "PREFECT_REDIS_MESSAGING_URL": redis_url,
-    }
+    return {**_REDIS_MODULES, REDIS_URL_ENV: redis_url} if redis_url else {}
 
 
 def check_scale_out(api_workers: int, database_url: str | None, redis_url: str | None) -> None:
@@ -235,17 +236,16 @@ class PrefectServer:
         decides, so two servers started from one process keep their own databases."""
         check_scale_out(self.api_workers, self.database_url, self.redis_url)
         env = dict(os.environ if base is None else base)
-        inherited = (
-            DATABASE_ENV, _LEGACY_DATABASE_ENV, SERVER_AUTH_ENV, MIGRATE_ENV, REGISTER_BLOCKS_ENV
-        )  # fmt: skip
-        for name in (*inherited, *server_redis_env("-")):
+        for name in (DATABASE_ENV, _LEGACY_DATABASE_ENV, SERVER_AUTH_ENV, MIGRATE_ENV,
+                     REGISTER_BLOCKS_ENV, *_REDIS_MODULES, REDIS_URL_ENV):  # fmt: skip
             env.pop(name, None)
         auth = {SERVER_AUTH_ENV: self.auth} if self.auth else {}
+        # several API processes: `migrate` prepared the database once, none of them does it
         prepared = {MIGRATE_ENV: "false", REGISTER_BLOCKS_ENV: "false"}
-        migrated = prepared if self.api_workers > 1 else {}
         return {
             **env, **self.env(), **server_database_env(self.database_url),
-            **server_redis_env(self.redis_url), **auth, **migrated,
+            **server_redis_env(self.redis_url), **auth,
+            **(prepared if self.api_workers > 1 else {}),
         }  # fmt: skip
 
     @property
@@ -299,22 +299,12 @@ class PrefectServer:
             self.ui_url, self.home, self.database,
         )  # fmt: skip
         self.migrate(env, log_path)
-        with log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                self.command(),
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._proc = _spawn(self.command(), env, log_path)
         self.wait_ready(timeout=timeout)
         services = self.services_command()
         if services is not None:
-            with log_path.with_name(log_path.stem + "-services.log").open("ab") as log:
-                self._services = subprocess.Popen(
-                    services, env=env, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )  # fmt: skip
+            services_log = log_path.with_name(log_path.stem + "-services.log")
+            self._services = _spawn(services, env, services_log)
 
     def wait_ready(self, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -355,6 +345,14 @@ class PrefectServer:
         except OSError:
             return []
         return [pid for pid in pids if b"spawn_main" in _cmdline(pid)]  # not the resource tracker
+
+
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A child in a session of its own, its output appended to `log_path`."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def _cmdline(pid: int) -> bytes:

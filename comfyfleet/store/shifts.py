@@ -64,6 +64,10 @@ class Shift(Base):
         now = now or utcnow()
         return self.heartbeat_at > now - timedelta(seconds=stale_after_s)
 
+    def working(self, *, stale_after_s: float, now: datetime | None = None) -> bool:
+        """Claimed by its shift (not only reserved) and beating: the node takes work."""
+        return bool(self.holder) and self.live(stale_after_s=stale_after_s, now=now)
+
 
 @dataclass(frozen=True)
 class Work:

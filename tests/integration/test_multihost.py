@@ -26,7 +26,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from comfyfleet.store import Database, upgrade
 from tests.fixtures.chaos import wait_for
 from tests.fixtures.comfy import TEST_CUSTOM_NODES, VAR_DIR
 from tests.fixtures.db import mysql_database
-from tests.fixtures.prefect import SESSION_DIR, Child, postgres
+from tests.fixtures.prefect import SESSION_DIR, Child, postgres, prefect_client
 from tests.integration.test_dispatch import delay, wait_all
 from tests.support.netns import NetnsLab, TcpForwarder
 
@@ -88,15 +88,9 @@ class MultiHost:
     remote_worker: Child
     prefect_port: int
 
-    @contextlib.asynccontextmanager
-    async def client(self) -> AsyncIterator[Any]:
+    def client(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """A Prefect client of this control plane (the test session has its own server)."""
-        from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
-            async with get_client() as client:
-                yield client
+        return prefect_client(self.api_url)
 
     def state(self, node: str) -> Any:
         states = node_states(path=self.root_dir / "fleet-nodes.json")

@@ -19,7 +19,7 @@ import secrets
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from comfyfleet.settings import NodeConfig
 from comfyfleet.store import Database, upgrade
 from tests.fixtures.chaos import wait_for
 from tests.fixtures.comfy import TEST_CUSTOM_NODES, VAR_DIR
-from tests.fixtures.prefect import SESSION_DIR, Child, postgres
+from tests.fixtures.prefect import SESSION_DIR, Child, postgres, prefect_client
 from tests.integration.test_dispatch import delay, wait_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -55,15 +55,9 @@ class ScaledOut:
     nodes: dict[str, LocalComfyUI]
     workers: list[Child]
 
-    @contextlib.asynccontextmanager
-    async def client(self) -> AsyncIterator[Any]:
+    def client(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """A Prefect client of this server (the test session has its own)."""
-        from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: self.server.api_url}):
-            async with get_client() as client:
-                yield client
+        return prefect_client(self.server.api_url)
 
 
 def _flush_redis() -> None:
