@@ -103,6 +103,12 @@ class HealthSettings(BaseModel):
     failures_to_open: int = Field(default=3, ge=1)
     open_cooldown_s: float = Field(default=15.0, gt=0)
     quarantine_faults_per_hour: int = Field(default=20, ge=1)
+    inventory_refresh_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often each node's class types and models are read again (also when "
+        "it joins, when it comes back, and on `comfyfleet nodes refresh`).",
+    )
 
 
 class JobSettings(BaseModel):
@@ -248,6 +254,16 @@ class LimitsSettings(BaseModel):
         }
 
 
+class GraphsSettings(BaseModel):
+    """Raw ComfyUI graphs (`/comfy/prompt`, `POST /api/v2/tasks {"graph"}`)."""
+
+    denied_class_types: list[str] = Field(
+        default_factory=list,
+        description="Class types no raw graph may use on this fleet (e.g. nodes that run code "
+        "or read files on the node).",
+    )
+
+
 class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -348,6 +364,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    graphs: GraphsSettings = Field(default_factory=GraphsSettings)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)

@@ -5,7 +5,7 @@ which it served without authentication; here they are admin routes like the rest
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -28,6 +28,7 @@ from comfyfleet.api.schemas import (
 from comfyfleet.jobs import load_catalog
 from comfyfleet.settings import NodeConfig
 from comfyfleet.store import (
+    audit,
     backlog_counts,
     gpu_seconds_rollup,
     live_attempts_by_node,
@@ -84,6 +85,29 @@ async def enable_node(node_id: str, gateway: GatewayDep, admin: AdminUser) -> No
 async def drain_node(node_id: str, gateway: GatewayDep, admin: AdminUser) -> NodeInfo:
     """Finish what runs there, start nothing new (then remove it)."""
     return await gateway.fleet.drain(node_id)
+
+
+class RefreshOut(BaseModel):
+    node: str
+    requested_at: datetime = Field(description="The fleet service reads the node's inventory "
+                                   "again unless it began a read after this.")  # fmt: skip
+
+
+@router.post("/api/v2/admin/nodes/{node_id}/refresh", response_model=RefreshOut, status_code=202)
+async def refresh_node(node_id: str, gateway: GatewayDep, admin: AdminUser) -> RefreshOut:
+    """Read again what the node has installed (class types, models), e.g. after installing
+    custom nodes on it. The fleet service does it after its next probe of the node."""
+    await gateway.fleet.get_node(node_id)  # 404 for an unknown node
+
+    def record(session: Any) -> datetime:
+        entry = audit(
+            session, actor=session.merge(admin.user, load=False), action="node.refresh",
+            target=node_id,
+        )  # fmt: skip
+        return entry.at
+
+    at = await asyncio.to_thread(gateway.db.run, record)
+    return RefreshOut(node=node_id, requested_at=at)
 
 
 # -- backlog, performance, stats --------------------------------------------------------------

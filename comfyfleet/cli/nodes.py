@@ -8,6 +8,7 @@ pools) and the store.
     comfyfleet nodes drain ID [--wait] [--timeout S]
     comfyfleet nodes remove ID [--timeout S]
     comfyfleet nodes models [--json]
+    comfyfleet nodes refresh ID
 
 `disable` stops new attempts at once (the node's pool is paused, its attempts that have not
 started move to other nodes); running ones finish. `enable` puts the node back and releases it
@@ -15,6 +16,9 @@ from quarantine. `drain` is `disable` (with `--wait`: until nothing is in flight
 drains, waits up to `--timeout` for the in-flight jobs, then deletes the node's deployments,
 pool and block. Live state (circuit, queue, models, last error) comes from the fleet service's
 snapshot (comfyfleet.fleet.state). Actions are written to the audit log as `cli:<os user>`.
+`refresh` asks the fleet service, through the gateway (`POST /api/v2/admin/nodes/ID/refresh`, as
+the logged-in admin), to read again what the node has installed (class types, models: what raw
+graphs are routed by), e.g. after installing custom nodes on it.
 """
 
 from __future__ import annotations
@@ -79,6 +83,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=cmd_models)
 
+    parser = nodes.add_parser(
+        "refresh", help="read again what the node has installed (class types, models)"
+    )
+    parser.add_argument("node_id", metavar="ID")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(func=cmd_refresh)
+
 
 def _run(make: Callable[[Any, Database], Awaitable[T]]) -> T:
     """Run `make(prefect_client, db)` with the configured Prefect server and database."""
@@ -129,6 +140,14 @@ def _ago(value: Any) -> str:
     return f"{seconds:.0f}s ago" if seconds < 120 else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _inventory(node: Any) -> str:
+    """`1234 types, 40s ago`: the class types the node has installed and when they were read
+    (`-`: not yet; raw graphs go only to nodes whose inventory is known)."""
+    if node.class_types is None:
+        return "-"
+    return f"{node.class_types} types, {_ago(node.inventory_read_at)}"
+
+
 def _joined(metadata: dict[str, Any]) -> str:
     """How the node came: `token 4 2025-06-01 10:02` (self-join, `comfyfleet node join`) or
     `-` (an admin or comfyfleet.yaml added it)."""
@@ -149,11 +168,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = [
         [n.id, n.url, n.state, n.circuit, f"{n.in_flight}/{n.capacity}",
          "-" if n.queue_depth is None else n.queue_depth, n.last_checkpoint or "-",
-         _ago(n.last_seen), _joined(n.metadata), (n.last_error or "")[:60]]
+         _inventory(n), _ago(n.last_seen), _joined(n.metadata), (n.last_error or "")[:60]]
         for n in nodes
     ]  # fmt: skip
     headers = ["NODE", "URL", "STATE", "CIRCUIT", "IN FLIGHT", "QUEUE", "CHECKPOINT",
-               "LAST SEEN", "JOINED", "LAST ERROR"]  # fmt: skip
+               "INVENTORY", "LAST SEEN", "JOINED", "LAST ERROR"]  # fmt: skip
     print_table(headers, rows)
     if any(n.stale for n in nodes) or not any(n.updated_at for n in nodes):
         print("(no fresh state: is the fleet service running?)")
@@ -262,6 +281,20 @@ def cmd_models(args: argparse.Namespace) -> int:
         print_table(["FOLDER", "MODEL", "NODES"], rows)
     if unknown:
         print(f"(no answer from {', '.join(unknown)})")
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from comfyfleet.cli._gateway import request
+
+    answer = request(args, "POST", f"/api/v2/admin/nodes/{quote(args.node_id, safe='')}/refresh")
+    if args.json:
+        print(json.dumps(answer))
+    else:
+        print(f"node {args.node_id}: inventory refresh requested; the fleet service reads it "
+              "after its next probe of the node (`comfyfleet nodes list` shows when)")  # fmt: skip
     return 0
 
 

@@ -17,9 +17,11 @@ from comfyfleet.fleet.router import (
     eligible,
     explain,
     free_slots,
+    has_installed,
     has_models,
     is_eligible,
     load,
+    serves,
 )
 
 __all__ = [
@@ -32,7 +34,9 @@ __all__ = [
     "eligible",
     "explain",
     "free_slots",
+    "has_installed",
     "has_models",
     "is_eligible",
     "load",
+    "serves",
 ]

@@ -13,6 +13,10 @@ would finish first, holding it for a busy fast node rather than a free slow one
 (comfyfleet.fleet.planner). Only nodes whose shift is live get work: a node whose worker is gone
 holds nothing new. A node's slots are its capacity: its ComfyUI runs one prompt and holds the
 next ones queued, so the GPU never waits for the control plane between two jobs.
+
+Raw graph jobs (workflow `GRAPH_WORKFLOW`) have no catalog entry: the router sees the class types
+and model files their graph names, and places them only on nodes whose inventory (read by the
+monitor) has them all. Every node with a free slot serves `GRAPH_CAPABILITY`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from datetime import datetime, timedelta
 
 from comfyfleet import bell
 from comfyfleet.catalog import Catalog, CatalogError
+from comfyfleet.catalog.raw import GRAPH_CAPABILITY, GRAPH_WORKFLOW, Inventory, class_types
+from comfyfleet.catalog.raw import model_files as graph_model_files
 from comfyfleet.fleet.monitor import Monitor
 from comfyfleet.fleet.planner import Estimates, Work, plan, shape
 from comfyfleet.fleet.router import JobView, NodeView, Router, eligible, free_slots
@@ -62,6 +68,17 @@ class Dispatcher:
         self.bells = bell.bell_dir(str(db.url))
         self.estimates = Estimates()
         self._learnt_at = 0.0
+        self._files: dict[str, tuple[Inventory, frozenset[str]]] = {}  # each node's model files
+
+    def _installed(self, node_id: str, inventory: Inventory | None) -> dict[str, object]:
+        """The node's class types and model files for its view (None: not read yet); the
+        union of its model folders is kept while the monitor keeps the same inventory."""
+        if inventory is None:
+            return {}
+        cached = self._files.get(node_id)
+        if cached is None or cached[0] is not inventory:
+            cached = self._files[node_id] = (inventory, inventory.model_files)
+        return {"class_types": inventory.class_types, "model_files": cached[1]}
 
     def snapshot(self, nodes: Iterable[NodeConfig]) -> tuple[list[NodeView], Work]:
         """The fleet as the router sees it now (a node without a live shift has no free slot),
@@ -85,6 +102,7 @@ class Dispatcher:
                     healthy=bool(health and health.healthy and working),
                     models=health.models if health else None,
                     last_checkpoint=health.last_checkpoint if health else None,
+                    **self._installed(node.id, health.inventory if health else None),
                 )
             )
         return views, work
@@ -94,7 +112,10 @@ class Dispatcher:
         if not await asyncio.to_thread(self.db.run, has_queued, readonly=True):
             return 0
         views, work = await asyncio.to_thread(self.snapshot, nodes)
-        free = {v.id: v.capabilities for v in views if v.healthy and v.enabled and free_slots(v)}
+        free = {
+            v.id: v.capabilities | {GRAPH_CAPABILITY}  # every node may take a raw graph
+            for v in views if v.healthy and v.enabled and free_slots(v)
+        }  # fmt: skip
         if not free:
             return 0
         slots = sum(free_slots(v) for v in views if v.id in free)
@@ -174,6 +195,16 @@ class Dispatcher:
 
     def _job_view(self, queued: Queued) -> tuple[JobView | None, str | None]:
         """The job as the router sees it; or why it can never run (its workflow is gone)."""
+        if queued.workflow == GRAPH_WORKFLOW:
+            graph = queued.params.get("graph")
+            try:
+                types, files = class_types(graph), graph_model_files(graph)  # type: ignore[arg-type]
+            except (AttributeError, KeyError, TypeError):
+                return None, "not a ComfyUI API graph (params.graph)"
+            return JobView(
+                id=queued.id, capability=queued.capability, pinned_node=queued.pinned_node,
+                exclude=frozenset(queued.faulted), class_types=types, model_files=files,
+            ), None  # fmt: skip
         try:
             workflow = self.catalog.get(queued.workflow)
         except CatalogError as exc:

@@ -1,4 +1,5 @@
-"""The fleet monitor: probes every node, keeps a circuit breaker per node, knows its models.
+"""The fleet monitor: probes every node, keeps a circuit breaker per node, knows what each has
+installed.
 
 Each probe is `ComfyUIClient.probe` (`GET /system_stats` + `GET /queue`: cheap), with a short
 timeout, over one client per node; every few probes also `GET /models/checkpoints`. Per node a
@@ -20,6 +21,17 @@ releases it (`release`: `comfyfleet nodes enable`), which also forgets the fault
 after a clean probe window: `clean_window_s` (default `QUARANTINE_CLEAN_S`) of successful probes
 with no new fault.
 
+Inventory (`NodeHealth.inventory`: class types from `GET /object_info`, the output ones among
+them, and every model folder's files from `GET /models` + `/models/<folder>`), for routing raw
+graphs to the nodes that have what they name (comfyfleet.fleet.router). A real ComfyUI's
+object_info is about 1 MB, so it is not part of the probe: after a good probe, the monitor starts
+a background read of the node's inventory (one at a time per node, `INVENTORY_TIMEOUT_S` per
+request) when it is due: the node's first good probe, its circuit closing again after being open
+(it may have been reinstalled meanwhile), every `health.inventory_refresh_s`, and when an admin
+asked for it (`request_inventory`: `comfyfleet nodes refresh`) after the last read began. A read
+that fails keeps the old inventory, logs a warning and is tried again after
+`INVENTORY_RETRY_S`; it never opens the circuit (the probe says whether the node answers).
+
 Every state change is logged (`node gpu-1: circuit closed → open (ConnectError: …)`) and kept
 in `NodeHealth.state_since`. The monitor itself does no other I/O than probing: the fleet
 service acts on what it says (pauses pools, moves attempts, writes the node-state snapshot).
@@ -35,6 +47,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from comfyfleet.catalog.raw import Inventory
 from comfyfleet.comfyui import ComfyUIClient, ComfyUIError, NodeUnavailable
 from comfyfleet.settings import HealthSettings
 from comfyfleet.store.attempts import is_attempt_id
@@ -46,6 +59,9 @@ PROBE_TIMEOUT_S = 2.0
 MODELS_EVERY = 5  # probes between model inventory refreshes
 QUARANTINE_CLEAN_S = 300.0
 FAULT_WINDOW_S = 3600.0
+INVENTORY_TIMEOUT_S = 15.0  # per request: a real ComfyUI's /object_info is about 1 MB
+INVENTORY_RETRY_S = 30.0  # a failed inventory read is tried again after this (at most)
+INVENTORY_SKIPPED_FOLDERS = frozenset({"custom_nodes", "configs"})  # not model files
 
 
 @dataclass
@@ -70,6 +86,13 @@ class NodeHealth:
     attempt_faults: tuple[float, ...] = ()  # started attempts that ended node_fault (store)
     quarantined_at: float | None = None
     released_at: float | None = None  # faults before this are forgiven
+    inventory: Inventory | None = None
+    """What the node has installed (None: never read); kept when a later read fails."""
+    inventory_at: float | None = None  # when the read that gave `inventory` began
+    inventory_tried_at: float | None = None  # when the last read (good or not) began
+    inventory_error: str | None = None  # why the last read failed (None: it did not)
+    inventory_due: bool = False  # read it after the next good probe (the node came back)
+    refresh_requested_at: float | None = None  # an admin's last `nodes refresh`
 
     @property
     def healthy(self) -> bool:
@@ -94,8 +117,20 @@ class NodeHealth:
             "queue_depth": self.queue_depth, "quarantined": self.quarantined,
             "quarantined_at": self.quarantined_at, "faults_last_hour": len(self.fault_times(now)),
             "models": {k: sorted(v) for k, v in (self.models or {}).items()},
-            "last_checkpoint": self.last_checkpoint,
+            "last_checkpoint": self.last_checkpoint, "inventory_at": self.inventory_at,
+            "class_types": len(self.inventory.class_types) if self.inventory else None,
+            "inventory_error": self.inventory_error,
         }  # fmt: skip
+
+    def inventory_wanted(self, now: float, refresh_s: float) -> bool:
+        """Whether the inventory should be read now (see the module docstring)."""
+        tried = self.inventory_tried_at
+        if tried is None or self.inventory_due:
+            return True
+        if self.refresh_requested_at is not None and tried < self.refresh_requested_at:
+            return True
+        wait = refresh_s if self.inventory_error is None else min(refresh_s, INVENTORY_RETRY_S)
+        return now - tried >= wait
 
 
 class Monitor:
@@ -116,8 +151,13 @@ class Monitor:
         self._transport = transport
         self._clients: dict[str, ComfyUIClient] = {}  # by node URL
         self._retired: list[ComfyUIClient] = []  # of nodes forgotten or moved: closed next
+        self._inventory_reads: dict[str, asyncio.Task[None]] = {}  # by node id: one at a time
 
     async def aclose(self) -> None:
+        reads = list(self._inventory_reads.values())
+        for task in reads:
+            task.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
         await self._close_retired()
         for client in self._clients.values():
             await client.aclose()
@@ -136,6 +176,9 @@ class Monitor:
         health = self.nodes.pop(node_id, None)
         if health is not None:
             self._retire(health.url)
+        read = self._inventory_reads.pop(node_id, None)
+        if read is not None:
+            read.cancel()
 
     def _retire(self, url: str) -> None:
         client = self._clients.pop(url, None)
@@ -185,7 +228,64 @@ class Monitor:
             health.ok_since = now
         if health.state != "closed":
             self._set_state(health, "closed", "probe ok", now)
+            health.inventory_due = True  # back after being out: it may have been reinstalled
         self._maybe_release(health, now)
+        if health.inventory_wanted(now, self.settings.inventory_refresh_s):
+            self._start_inventory_read(health)
+
+    # -- inventory ------------------------------------------------------------------------------
+
+    def request_inventory(self, node_id: str, *, at: float | None = None) -> None:
+        """An admin asked (at `at`) for the node's inventory to be read again: it is, after
+        its next good probe, unless a read began after the request."""
+        health = self.nodes.get(node_id)
+        if health is None:
+            return
+        at = self.clock() if at is None else at
+        health.refresh_requested_at = max(at, health.refresh_requested_at or 0.0)
+
+    def _start_inventory_read(self, health: NodeHealth) -> None:
+        running = self._inventory_reads.get(health.id)
+        if running is not None and not running.done():
+            return  # one at a time; still due (the flags stay) when this one began earlier
+        health.inventory_due = False
+        health.inventory_tried_at = self.clock()
+        task = asyncio.create_task(self.read_inventory(health), name=f"inventory-{health.id}")
+        self._inventory_reads[health.id] = task
+        task.add_done_callback(lambda t, node_id=health.id: self._read_done(node_id, t))
+
+    def _read_done(self, node_id: str, task: asyncio.Task[None]) -> None:
+        if self._inventory_reads.get(node_id) is task:
+            del self._inventory_reads[node_id]
+
+    async def wait_inventory_reads(self) -> None:
+        """Until the inventory reads under way now have ended (tests, shutdown)."""
+        await asyncio.gather(*list(self._inventory_reads.values()), return_exceptions=True)
+
+    async def read_inventory(self, health: NodeHealth) -> None:
+        """Read the node's inventory into `health` (a failure keeps the old one: warned)."""
+        began = health.inventory_tried_at if health.inventory_tried_at is not None else self.clock()
+        try:
+            async with ComfyUIClient(
+                health.url, timeout=INVENTORY_TIMEOUT_S, transport=self._transport
+            ) as client:
+                inventory = await fetch_inventory(client)
+        except Exception as exc:  # any failure: keep what we had, say why
+            health.inventory_error = _describe(exc)
+            logger.warning(
+                "node %s: inventory not read (%s); %s", health.id, health.inventory_error,
+                "keeping the previous one" if health.inventory else "none known yet",
+            )  # fmt: skip
+            return
+        health.inventory_error = None
+        health.inventory_at = began
+        if inventory != health.inventory:  # same content: keep the object (cheap comparisons)
+            logger.info(
+                "node %s: inventory %s: %d class types, %d model files", health.id,
+                "read" if health.inventory is None else "changed", len(inventory.class_types),
+                len(inventory.model_files),
+            )  # fmt: skip
+            health.inventory = inventory
 
     def _failed(self, health: NodeHealth, error: str, now: float) -> None:
         health.failures += 1
@@ -258,6 +358,46 @@ class Monitor:
             health.quarantined_at = None
             health.released_at = now
             health.state_since = now
+
+
+async def fetch_inventory(client: ComfyUIClient) -> Inventory:
+    """A node's inventory: class types (`/object_info` keys; the output ones have
+    `"output_node": true`) and each model folder's files (`/models`, then `/models/<folder>`).
+    A folder the node answers with an error for (404, a 500 of its own) is left out, as are
+    `INVENTORY_SKIPPED_FOLDERS`; a node that stops answering (no HTTP answer at all) fails the
+    whole read, so a node going away never reads as one without models."""
+    info = await client.object_info()
+    if not isinstance(info, dict):
+        raise ValueError(f"/object_info: expected an object, got {type(info).__name__}")
+    folders = await client.models()
+    if not isinstance(folders, list):
+        raise ValueError(f"/models: expected a list, got {type(folders).__name__}")
+    names = sorted({f for f in folders if isinstance(f, str)} - INVENTORY_SKIPPED_FOLDERS)
+
+    async def files(folder: str) -> frozenset[str] | None:
+        try:
+            found = await client.models(folder)
+        except NodeUnavailable as exc:
+            if exc.status_code is None:
+                raise  # no answer at all: the node, not the folder
+            logger.debug("%s: model folder %s skipped (%s)", client.base_url, folder, exc)
+            return None
+        except (ComfyUIError, ValueError) as exc:
+            logger.debug("%s: model folder %s skipped (%s)", client.base_url, folder, exc)
+            return None
+        if not isinstance(found, list):
+            return None
+        return frozenset(f for f in found if isinstance(f, str))
+
+    listed = await asyncio.gather(*(files(folder) for folder in names))
+    return Inventory(
+        class_types=frozenset(info),
+        output_class_types=frozenset(
+            name for name, spec in info.items()
+            if isinstance(spec, dict) and spec.get("output_node") is True
+        ),
+        models={f: found for f, found in zip(names, listed, strict=True) if found is not None},
+    )  # fmt: skip
 
 
 def _describe(exc: BaseException) -> str:

@@ -14,18 +14,21 @@ node frees, which is sooner than finishing elsewhere), and the jobs after it are
 Speeds come from the store: each node's execution seconds per job *shape* (`Estimates`, an
 exponentially weighted mean of the attempts that completed; the shape is the workflow and its
 numeric parameters but the seed — size, steps, frames, a test job's seconds — since those set
-how long a job takes). The planner only decides when every candidate node has an estimate for
+how long a job takes; a raw graph's shape is its class types, hashed: see `shape`). The planner
+only decides when every candidate node has an estimate for
 the job's shape and they differ by more than `UNIFORM_WITHIN`; otherwise (a uniform fleet, a new
 node, a job of a new shape) the router's strategy places the job as usual.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from comfyfleet.catalog.raw import GRAPH_WORKFLOW
 from comfyfleet.fleet.router import JobView, NodeView, busy, eligible, free_slots
 
 ALPHA = 0.3
@@ -35,12 +38,26 @@ UNIFORM_WITHIN = 0.1
 
 
 def shape(workflow: str, params: Mapping[str, Any]) -> str:
-    """What sets a job's duration on a node: its workflow and numeric parameters (no seed)."""
+    """What sets a job's duration on a node: its workflow and numeric parameters (no seed).
+
+    A raw graph (`{"graph": …}`: no numeric parameters of its own) is `graph#<hash>` of its
+    sorted class types: graphs of the same kind are timed together, unlike ones, apart. Cheap:
+    the planner shapes every job of the backlog's head and every live attempt on each tick."""
+    if workflow == GRAPH_WORKFLOW:
+        return _graph_shape(workflow, params.get("graph"))
     numbers = sorted(
         (k, v) for k, v in params.items()
         if k != "seed" and isinstance(v, int | float) and not isinstance(v, bool)
     )  # fmt: skip
     return workflow + "".join(f"|{k}={v:g}" for k, v in numbers)
+
+
+def _graph_shape(workflow: str, graph: Any) -> str:
+    if not isinstance(graph, Mapping):
+        return workflow
+    types = sorted({str(n.get("class_type")) for n in graph.values() if isinstance(n, Mapping)})
+    digest = hashlib.blake2b("\0".join(types).encode(), digest_size=6).hexdigest()
+    return f"{workflow}#{digest}"
 
 
 @dataclass

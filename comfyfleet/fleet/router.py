@@ -15,10 +15,16 @@ prompts it holds at once: one executing, the others queued behind it, so the nex
 the moment the current one ends.
 
 Eligibility (`eligible`): enabled, healthy, has the job's capability, has its required models,
-not in the job's `exclude` (nodes where it already had a node fault), and the pinned node only
-when the job is pinned. Model inventory: `models=None` means unknown (never listed) and is
-treated as "has everything" so a fresh node is usable; a mapping is authoritative (a folder
-missing from it holds no files).
+has its class types and model files, not in the job's `exclude` (nodes where it already had a
+node fault), and the pinned node only when the job is pinned. Model inventory: `models=None`
+means unknown (never listed) and is treated as "has everything" so a fresh node is usable; a
+mapping is authoritative (a folder missing from it holds no files).
+
+Raw graphs (capability `GRAPH_CAPABILITY`: every node serves it) name their class types and
+model files (`JobView.class_types`, `.model_files`); a node takes one only when its installed
+inventory is known (`NodeView.class_types`, `.model_files` not None) and has them all. Unlike
+`models`, unknown here means no: a graph sent to a node without its custom nodes fails there
+(ComfyUI rejects it) instead of failing over, so it waits for a node that reported them.
 
 Strategies (`routing.strategy`, switchable at run time), all over eligible nodes with a free slot:
 - `least_loaded` (default): lowest load ratio; ties → fewest in_flight → round-robin by node id,
@@ -53,6 +59,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import get_args
 
+from comfyfleet.catalog.raw import GRAPH_CAPABILITY
 from comfyfleet.settings import NodeConfig, Strategy
 
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
@@ -77,10 +84,18 @@ class NodeView:
     enabled: bool = True
     last_checkpoint: str | None = None
     node_class: str | None = None  # informational (e.g. GPU model); no strategy uses it yet
+    class_types: frozenset[str] | None = field(default=None, hash=False, compare=False)
+    """Installed class types (None: not read yet)."""
+    model_files: frozenset[str] | None = field(default=None, hash=False, compare=False)
+    """Every file in every model folder (None: not read yet)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.capabilities, frozenset):
             object.__setattr__(self, "capabilities", frozenset(self.capabilities))
+        for name in ("class_types", "model_files"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, frozenset):
+                object.__setattr__(self, name, frozenset(value))
         if self.models is not None:
             models = {folder: frozenset(files) for folder, files in self.models.items()}
             object.__setattr__(self, "models", models)
@@ -112,12 +127,17 @@ class JobView:
     checkpoint: str | None = None
     pinned_node: str | None = None
     exclude: frozenset[str] = frozenset()
+    class_types: frozenset[str] = frozenset()
+    """Class types the job's graph uses (raw graphs): the node must have them all."""
+    model_files: frozenset[str] = frozenset()
+    """Model files the job's graph names, in any folder (raw graphs)."""
 
     def __post_init__(self) -> None:
         models = {f: frozenset(files) for f, files in self.required_models.items() if files}
         object.__setattr__(self, "required_models", models)
-        if not isinstance(self.exclude, frozenset):
-            object.__setattr__(self, "exclude", frozenset(self.exclude))
+        for name in ("exclude", "class_types", "model_files"):
+            if not isinstance(getattr(self, name), frozenset):
+                object.__setattr__(self, name, frozenset(getattr(self, name)))
 
 
 def busy(node: NodeView) -> int:
@@ -140,14 +160,29 @@ def has_models(node: NodeView, required: Mapping[str, frozenset[str]]) -> bool:
     return all(files <= node.models.get(folder, _EMPTY) for folder, files in required.items())
 
 
+def serves(node: NodeView, capability: str) -> bool:
+    """The node takes jobs of this capability (every node takes raw graphs)."""
+    return capability == GRAPH_CAPABILITY or capability in node.capabilities
+
+
+def has_installed(node: NodeView, job: JobView) -> bool:
+    """The node is known to have every class type and model file the job names."""
+    if job.class_types and (node.class_types is None or not job.class_types <= node.class_types):
+        return False
+    return not job.model_files or (
+        node.model_files is not None and job.model_files <= node.model_files
+    )
+
+
 def is_eligible(job: JobView, node: NodeView) -> bool:
     return (
         node.enabled
         and node.healthy
         and (job.pinned_node is None or node.id == job.pinned_node)
         and node.id not in job.exclude
-        and job.capability in node.capabilities
+        and serves(node, job.capability)
         and has_models(node, job.required_models)
+        and has_installed(node, job)
     )
 
 
@@ -171,9 +206,9 @@ def explain(job: JobView, nodes: Iterable[NodeView]) -> str:
     if not enabled:
         return f"node {pinned} is disabled" if pinned else "every node is disabled"
     healthy = [n for n in enabled if n.healthy]
-    capable = [n for n in healthy if job.capability in n.capabilities]
+    capable = [n for n in healthy if serves(n, job.capability)]
     if not capable:
-        sick = [n.id for n in enabled if not n.healthy and job.capability in n.capabilities]
+        sick = [n.id for n in enabled if not n.healthy and serves(n, job.capability)]
         if pinned:
             msg = (
                 f"node {pinned} is unhealthy"
@@ -187,7 +222,10 @@ def explain(job: JobView, nodes: Iterable[NodeView]) -> str:
             if sick:
                 msg += f" ({_ids(sick)} {'has' if len(sick) == 1 else 'have'} it but unhealthy)"
         return msg
-    stocked = [n for n in capable if has_models(n, job.required_models)]
+    installed = [n for n in capable if has_installed(n, job)]
+    if not installed:
+        return _not_installed(job, capable)
+    stocked = [n for n in installed if has_models(n, job.required_models)]
     if not stocked:
         files = [(d, f) for d, fs in sorted(job.required_models.items()) for f in sorted(fs)]
         nowhere = [
@@ -209,6 +247,41 @@ def explain(job: JobView, nodes: Iterable[NodeView]) -> str:
             return f"the only eligible node {n.id} is full ({busy(n)}/{n.capacity} busy)"
         return f"all {len(fresh)} eligible nodes are full"
     return f"{len(free)} of {len(fresh)} eligible nodes have a free slot"
+
+
+def _not_installed(job: JobView, capable: list[NodeView]) -> str:
+    """Why no healthy node has what the job's graph names: the class types and model files
+    none has, or what the nearest lack, or that none has said what it has."""
+    pinned = job.pinned_node
+    lacks: dict[str, list[str]] = {}
+    for node in capable:
+        types, files = node.class_types, node.model_files
+        if types is not None and files is not None:
+            lacks[node.id] = sorted(job.class_types - types) + sorted(job.model_files - files)
+    if not lacks:
+        if pinned:
+            return f"node {pinned} has not reported what it has installed yet"
+        return "no healthy node has reported what it has installed yet"
+    if pinned:
+        return f"node {pinned} does not have {_named(job, lacks[pinned])}"
+    nowhere = sorted(set.intersection(*(set(items) for items in lacks.values())))
+    if nowhere:
+        return f"no healthy node has {_named(job, nowhere)}"
+    nearest = sorted(lacks.items(), key=lambda kv: (len(kv[1]), kv[0]))[:3]
+    some = "; ".join(f"{node_id} lacks {', '.join(items)}" for node_id, items in nearest)
+    return f"no healthy node has every class type and model file the job needs ({some})"
+
+
+def _named(job: JobView, items: list[str]) -> str:
+    """`class type A, B and model file c.safetensors`"""
+    types = [i for i in items if i in job.class_types]
+    files = [i for i in items if i not in job.class_types]
+    parts = []
+    if types:
+        parts.append(f"class type{'s' if len(types) > 1 else ''} {', '.join(types)}")
+    if files:
+        parts.append(f"model file{'s' if len(files) > 1 else ''} {', '.join(files)}")
+    return " and ".join(parts)
 
 
 def _ids(items: Iterable[NodeView | str]) -> str:

@@ -14,7 +14,9 @@ Loops:
     starts its runs; it is resumed once the node is back (after its half-open trial probe);
   - attempts given to a node out of rotation that its shift has not taken move: the attempt
     ends `node_fault` and the job goes back to the backlog for another node;
-  - the node-state snapshot is written (comfyfleet.fleet.state: `node_states()` reads it).
+  - the node-state snapshot is written (comfyfleet.fleet.state: `node_states()` reads it),
+    and the nodes' inventories beside it when one changed (`node_inventories()` reads them;
+    admins' `node.refresh` requests from the audit log make the monitor read one again).
 - dispatcher, every `DISPATCH_POLL_S` and whenever the `DISPATCH` bell rings (comfyfleet.bell):
   queued jobs → attempts on nodes with free slots, taken by each node's shift.
 - recovery, every `ATTEMPT_CHECK_S`: a shift run for every node in rotation, attempts whose
@@ -40,6 +42,7 @@ from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 
 from comfyfleet import bell
+from comfyfleet.catalog.raw import Inventory
 from comfyfleet.fleet.config_reload import CHECK_S as CONFIG_CHECK_S
 from comfyfleet.fleet.config_reload import ConfigWatcher
 from comfyfleet.fleet.dispatcher import Dispatcher
@@ -49,7 +52,14 @@ from comfyfleet.fleet.provision import pool_name
 from comfyfleet.fleet.recovery import Recovery
 from comfyfleet.fleet.registry import move_pending, read_nodes, set_pool_paused
 from comfyfleet.fleet.router import Router
-from comfyfleet.fleet.state import NodeState, live_state, state_path, write_snapshot
+from comfyfleet.fleet.state import (
+    NodeState,
+    inventory_path,
+    live_state,
+    state_path,
+    write_inventory,
+    write_snapshot,
+)
 from comfyfleet.jobs import load_catalog
 from comfyfleet.jobs.webhook_targets import WebhookPolicy
 from comfyfleet.jobs.webhooks import deliver_due
@@ -83,6 +93,8 @@ class FleetService:
         self.paused: dict[str, bool] = {}
         self.facts = FleetFacts()
         self.state_file = state_path(self.settings)
+        self.inventory_file = inventory_path(self.settings)
+        self._inventories_written: dict[str, Inventory] | None = None  # None: not yet
         self.config = ConfigWatcher(self.settings)
         self._last_refresh = 0.0
 
@@ -123,6 +135,8 @@ class FleetService:
                 node.id, facts.faults.get(node.id, ()), released_at=facts.releases.get(node.id)
             )
             self.monitor.nodes[node.id].last_checkpoint = self._checkpoint(node.id)
+            if (asked := facts.refreshes.get(node.id)) is not None:
+                self.monitor.request_inventory(node.id, at=asked)
         await self.sync_pools(client, read=full)
         for node in self.nodes:
             why = self.out_of_rotation(node)
@@ -198,6 +212,27 @@ class FleetService:
         write_snapshot(
             self.state_file, self.states(), probe_interval_s=self.settings.health.probe_interval_s
         )
+        self.write_inventory()
+
+    def write_inventory(self) -> bool:
+        """Write the inventory file when some node's inventory changed or a node left since
+        the last write (the monitor keeps an unchanged inventory's object: `is` is enough);
+        a service that has read none yet leaves the last one's file. Returns whether it wrote."""
+        current = {
+            node.id: (health.inventory, health.inventory_at)
+            for node in self.nodes
+            if (health := self.monitor.nodes.get(node.id)) is not None
+            and health.inventory is not None
+        }  # fmt: skip
+        last = self._inventories_written
+        if last is None and not current:
+            return False
+        if last is not None and last.keys() == current.keys():
+            if all(last[k] is inventory for k, (inventory, _) in current.items()):
+                return False
+        write_inventory(self.inventory_file, current)
+        self._inventories_written = {k: inventory for k, (inventory, _) in current.items()}
+        return True
 
     # -- the service -----------------------------------------------------------------------
 

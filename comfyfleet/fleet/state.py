@@ -11,6 +11,13 @@ metrics and `comfyfleet nodes list` call. A snapshot older than `STALE_AFTER_S` 
 intervals) means no fleet service is running: every node then reads `state: unknown`,
 `stale: true`. The file is local to the host of the fleet service; a gateway on another host
 sees no state (`unknown`) until the snapshot moves into the job store.
+
+Beside it, `fleet-inventory.json` (`inventory_path`) holds what each node has installed (its
+class types, output class types and model files: comfyfleet.catalog.raw.Inventory) for the
+gateway, which checks at submit that some node can run a raw graph. A real node's class-type
+list is long, so this file is written only when some node's inventory changed (or a node left),
+not every round; `node_inventories()` reads it, cached by the file's mtime, so calling it on
+every request costs a `stat`. Its `read_at` is when the read that found the content began.
 """
 
 from __future__ import annotations
@@ -20,19 +27,21 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.engine import make_url
 
+from comfyfleet.catalog.raw import Inventory
 from comfyfleet.settings import NodeConfig, Settings, get_settings
 
 if TYPE_CHECKING:
     from comfyfleet.fleet.monitor import NodeHealth
 
 STATE_FILE = "fleet-nodes.json"
+INVENTORY_FILE = "fleet-inventory.json"
 STALE_AFTER_S = 15.0
 
 NodeStatus = Literal["up", "down", "draining", "disabled", "unknown"]
@@ -53,6 +62,8 @@ class NodeState(NodeConfig):
     load: float = 0.0
     models: dict[str, list[str]] | None = None
     last_checkpoint: str | None = None
+    inventory_read_at: datetime | None = None  # the node's installed class types and models
+    class_types: int | None = None  # how many class types it has (None: not read yet)
     last_error: str | None = None
     last_seen: datetime | None = None
     state_since: datetime | None = None
@@ -92,7 +103,9 @@ def live_state(
         queue_depth=health.queue_depth if health.last_seen else None,
         load=max(in_flight, health.queue_depth) / max(node.capacity, 1),
         models={k: sorted(v) for k, v in health.models.items()} if health.models else None,
-        last_checkpoint=health.last_checkpoint, last_error=health.last_error,
+        last_checkpoint=health.last_checkpoint, inventory_read_at=utc(health.inventory_at),
+        class_types=len(health.inventory.class_types) if health.inventory else None,
+        last_error=health.last_error,
         last_seen=utc(health.last_seen), state_since=utc(health.state_since),
         faults_last_hour=len(health.fault_times(now)),
         quarantined_since=utc(health.quarantined_at), updated_at=utc(now),
@@ -125,12 +138,16 @@ def state_path(settings: Settings | None = None) -> Path:
 
 def write_snapshot(path: Path, nodes: Iterable[NodeState], *, probe_interval_s: float) -> None:
     """Replace the snapshot file atomically."""
-    doc = {
+    _write_atomic(path, {
         "written_at": time.time(),
         "pid": os.getpid(),
         "probe_interval_s": probe_interval_s,
         "nodes": [n.model_dump(mode="json") for n in nodes],
-    }
+    })  # fmt: skip
+
+
+def _write_atomic(path: Path, doc: Any) -> None:
+    """Write `doc` as JSON to a temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
@@ -168,6 +185,60 @@ def node_states(
             })  # fmt: skip
         nodes.append(node)
     return sorted(nodes, key=lambda n: n.id)
+
+
+def inventory_path(settings: Settings | None = None) -> Path:
+    """Where the fleet service writes the nodes' inventories (beside the snapshot)."""
+    return state_path(settings).with_name(INVENTORY_FILE)
+
+
+def write_inventory(path: Path, inventories: Mapping[str, tuple[Inventory, float | None]]) -> None:
+    """Replace the inventory file atomically: `{node id: (inventory, read at)}`."""
+    _write_atomic(path, {
+        "written_at": time.time(),
+        "nodes": {
+            node_id: {
+                "class_types": sorted(inv.class_types),
+                "output_class_types": sorted(inv.output_class_types),
+                "models": {folder: sorted(files) for folder, files in sorted(inv.models.items())},
+                "read_at": read_at,
+            }
+            for node_id, (inv, read_at) in sorted(inventories.items())
+        },
+    })  # fmt: skip
+
+
+_inventory_cache: dict[Path, tuple[tuple[int, int, int], dict[str, Inventory]]] = {}
+
+
+def node_inventories(
+    settings: Settings | None = None, *, path: Path | None = None
+) -> dict[str, Inventory]:
+    """What each node has installed, as the fleet service last read it ({} before it has; no
+    health: combine with `node_states()`). Cached by the file's mtime: cheap per request."""
+    path = path or inventory_path(settings)
+    try:
+        stat = path.stat()
+    except OSError:
+        return {}
+    key = (stat.st_mtime_ns, stat.st_ino, stat.st_size)  # a rename gives a new inode
+    cached = _inventory_cache.get(path)
+    if cached is not None and cached[0] == key:
+        return dict(cached[1])
+    try:
+        doc = json.loads(path.read_text())
+        nodes = {
+            str(node_id): Inventory(
+                class_types=frozenset(raw.get("class_types") or ()),
+                output_class_types=frozenset(raw.get("output_class_types") or ()),
+                models={str(f): frozenset(files) for f, files in (raw.get("models") or {}).items()},
+            )
+            for node_id, raw in (doc.get("nodes") or {}).items()
+        }  # fmt: skip
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+    _inventory_cache[path] = (key, nodes)
+    return dict(nodes)
 
 
 def fleet_service_pid(settings: Settings) -> int | None:

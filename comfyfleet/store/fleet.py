@@ -1,5 +1,6 @@
 """What the job store says about the fleet's nodes, read once per health round of the fleet
-service: attempts in flight, recent attempt faults, admin releases, the latest run per node."""
+service: attempts in flight, recent attempt faults, admin releases and inventory refresh requests,
+the latest run per node."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ class FleetFacts:
     """Finish times (epoch seconds) of attempts that had started and ended `node_fault`."""
     releases: dict[str, float] = field(default_factory=dict)
     """The last `node.enable` audit entry (an admin's release from quarantine)."""
+    refreshes: dict[str, float] = field(default_factory=dict)
+    """The last `node.refresh` audit entry (an admin asks for the node's inventory again)."""
     last_run: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     """(workflow, params) of the latest attempt that started on the node."""
 
@@ -37,12 +40,12 @@ def fleet_facts(session: Session, *, since: datetime) -> FleetFacts:
         )
     ):  # fmt: skip
         facts.faults.setdefault(node, []).append(finished.timestamp())
-    for target, at in session.execute(
-        select(AuditEntry.target, func.max(AuditEntry.at))
-        .where(AuditEntry.action == "node.enable", AuditEntry.at >= since)
-        .group_by(AuditEntry.target)
+    for action, target, at in session.execute(
+        select(AuditEntry.action, AuditEntry.target, func.max(AuditEntry.at))
+        .where(AuditEntry.action.in_(("node.enable", "node.refresh")), AuditEntry.at >= since)
+        .group_by(AuditEntry.action, AuditEntry.target)
     ):
-        facts.releases[target] = at.timestamp()
+        (facts.releases if action == "node.enable" else facts.refreshes)[target] = at.timestamp()
     latest = (
         select(Attempt.node, func.max(Attempt.started_at).label("at"))
         .where(Attempt.started_at.is_not(None))

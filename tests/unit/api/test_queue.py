@@ -116,3 +116,21 @@ async def test_rest_job_status_shows_the_position_while_queued(
             ).json()["position"] == 0  # fmt: skip
     ended = await api_client.get(f"/api/v2/tasks/{ids[0]}", headers=api_users.bob.headers)
     assert ended.json()["status"] == "cancelled" and ended.json()["position"] is None
+
+
+def test_raw_graph_jobs_compete_for_every_node(api_db: Database, api_users: Accounts) -> None:
+    from comfyfleet.catalog.raw import GRAPH_CAPABILITY, GRAPH_WORKFLOW
+    from comfyfleet.store import create_job
+
+    fleet = [node("gpu-1", ["delay"])]
+    view = QueueView(api_db, lambda: fleet, ttl_s=0)
+    graph = {"1": {"class_type": "SaveImage", "inputs": {}}}
+
+    def make(s: Any) -> str:
+        owner = get_user(s, username="alice")
+        return create_job(s, workflow=GRAPH_WORKFLOW, capability=GRAPH_CAPABILITY,
+                          params={"graph": graph}, owner=owner).id  # fmt: skip
+
+    ids = [api_db.run(make) for _ in range(2)]
+    snap = view.snapshot()
+    assert [snap.position(i) for i in ids] == [0, 1]  # in the backlog, not blocked
