@@ -18,6 +18,7 @@ from comfyfleet.api.schemas import (
     ClientOut,
     Int,
     JoinTokenOut,
+    PermissionsUpdate,
     QuotaUpdate,
     UserCreate,
     UserOut,
@@ -39,6 +40,7 @@ def user_out(user: User) -> UserOut:
         max_running=user.max_running,
         max_queued=user.max_queued,
         daily_gpu_seconds=user.daily_gpu_seconds,
+        permissions=["raw_graphs"] if user.raw_graphs else [],
     )
 
 
@@ -81,6 +83,25 @@ def disable_user(username: str, db: DbDep, admin: AdminUser) -> UserOut:
 @router.post("/api/v2/admin/users/{username}/enable", response_model=UserOut)
 def enable_user(username: str, db: DbDep, admin: AdminUser) -> UserOut:
     return _set_disabled(db, admin, username, False)
+
+
+@router.put("/api/v2/admin/users/{username}/permissions", response_model=UserOut)
+def set_user_permissions(
+    username: str, body: PermissionsUpdate, db: DbDep, admin: AdminUser
+) -> UserOut:
+    """Grant or withdraw permissions (`raw_graphs`: raw ComfyUI graphs; admins always have it)."""
+
+    def run(session: Any) -> UserOut:
+        user = identity.require_user(session, username=username)
+        if body.raw_graphs is not None:
+            rows.set_raw_graphs(session, target=user, allowed=body.raw_graphs)
+        audit(
+            session, actor=session.merge(admin.user, load=False), action="user.permissions",
+            target=username, detail=body.model_dump(exclude_none=True),
+        )  # fmt: skip
+        return user_out(user)
+
+    return db.run(run)
 
 
 @router.put("/api/v2/admin/users/{username}/quotas", response_model=UserOut)

@@ -1,6 +1,7 @@
-"""`comfyfleet users create NAME [--admin] [--password-stdin] [quota options] | list | disable NAME
-| enable NAME | quota NAME [--max-running N|none] [--max-queued N|none]
-[--daily-gpu-seconds S|none]`: user accounts, straight in `database.url` (no gateway needed).
+"""`comfyfleet users create NAME [--admin] [--password-stdin] [quota options] | list
+| disable NAME | enable NAME | grant|revoke NAME raw_graphs
+| quota NAME [--max-running N|none] [--max-queued N|none] [--daily-gpu-seconds S|none]`: user
+accounts, straight in `database.url` (no gateway needed).
 
 The schema is brought to head first (idempotent), so `users create --admin --password-stdin`
 works on a fresh database. Admin actions are written to the audit log."""
@@ -39,6 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser = users.add_parser(word, help=help_text)
         parser.add_argument("username")
         parser.set_defaults(func=cmd_users_disable, disabled=word == "disable")
+    for word, help_text in (
+        ("grant", "grant a user a permission (raw_graphs: submit raw ComfyUI graphs)"),
+        ("revoke", "withdraw a permission from a user"),
+    ):
+        parser = users.add_parser(word, help=help_text)
+        parser.add_argument("username")
+        parser.add_argument("permission", choices=["raw_graphs"])
+        parser.set_defaults(func=cmd_users_grant, allowed=word == "grant")
     parser = users.add_parser("quota", help="set or clear a user's quotas")
     parser.add_argument("username")
     _quota_options(parser)
@@ -128,6 +137,7 @@ def cmd_users_list(args: argparse.Namespace) -> int:
                 "max_running": u.max_running,
                 "max_queued": u.max_queued,
                 "daily_gpu_seconds": u.daily_gpu_seconds,
+                "permissions": "raw_graphs" if u.raw_graphs else "",
             }
             for u in store.list_users(session)
         ]
@@ -136,7 +146,15 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(users, indent=1))
         return 0
-    headers = ("username", "role", "disabled", "created_at", "max_running", "max_queued")
+    headers = (
+        "username",
+        "role",
+        "disabled",
+        "created_at",
+        "max_running",
+        "max_queued",
+        "permissions",
+    )
     table = [[u[h] if u[h] is not None else "-" for h in headers] for u in users]
     print_table(headers, table)
     return 0
@@ -147,6 +165,21 @@ def cmd_users_disable(args: argparse.Namespace) -> int:
 
     run(lambda s: auth.disable_user(s, username=args.username, disabled=args.disabled))
     print(f"{'disabled' if args.disabled else 'enabled'} {args.username}")
+    return 0
+
+
+def cmd_users_grant(args: argparse.Namespace) -> int:
+    from comfyfleet import auth, store
+    from comfyfleet.store import users as rows
+
+    def grant(session: Any) -> None:
+        user = auth.require_user(session, username=args.username)
+        rows.set_raw_graphs(session, target=user, allowed=args.allowed)
+        store.audit(session, actor=None, action="user.permissions", target=args.username,
+                    detail={args.permission: args.allowed})  # fmt: skip
+
+    run(grant)
+    print(f"{args.username}: {args.permission} {'granted' if args.allowed else 'revoked'}")
     return 0
 
 

@@ -12,6 +12,7 @@ see :mod:`comfyfleet.comfyui.errors`. Protocol facts: shared/reference/comfyui-p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -19,7 +20,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -37,7 +38,7 @@ from comfyfleet.comfyui._http import (
 )
 from comfyfleet.comfyui.errors import ComfyUIError, NodeUnavailable, PromptLost
 from comfyfleet.comfyui.follow import follow_prompt
-from comfyfleet.comfyui.hub import SocketHub, WSConnect, default_ws_connect
+from comfyfleet.comfyui.hub import SocketHub, Subscription, WSConnect, default_ws_connect
 from comfyfleet.comfyui.messages import ExecutionStart, Message, timestamp_to_datetime
 from comfyfleet.comfyui.results import (
     DownloadedFile,
@@ -104,6 +105,7 @@ class ComfyUIClient:
             unavailable_after=unavailable_after,
             open_timeout=timeout,
         )
+        self._listening: Subscription | None = None
 
     def __repr__(self) -> str:
         return f"ComfyUIClient({self.base_url!r}, client_id={self.client_id!r})"
@@ -181,14 +183,31 @@ class ComfyUIClient:
             node_errors=node_errors,
         )
 
+    @asynccontextmanager
+    async def listening(self) -> AsyncIterator[None]:
+        """Open the websocket subscription now: the next `wait`/`follow` inside the block sees
+        every message from here on, so a prompt submitted inside it is followed from its first
+        message (`execution_start`, `execution_cached`, the first `executing`)."""
+        async with self._hub.subscribe() as sub:
+            await sub.ready()
+            self._listening = sub
+            try:
+                yield
+            finally:
+                self._listening = None
+
     async def follow(self, prompt_id: str) -> AsyncIterator[Message]:
         """Yield the prompt's messages (plus status and preview frames) until it ends; the last
         one is ``ExecutionSuccess``, ``ExecutionError`` or ``ExecutionInterrupted``. A prompt that
         already ended is replayed from /history. Raises :class:`PromptLost` if the node does not
         know the prompt, :class:`NodeUnavailable` if the node is gone for longer than
         ``unavailable_after``."""
-        async with self._hub.subscribe() as sub:
-            await sub.ready()
+        early, self._listening = self._listening, None
+        async with contextlib.AsyncExitStack() as stack:
+            sub = early
+            if sub is None:  # (one opened by `listening` is ready, its messages queued)
+                sub = await stack.enter_async_context(self._hub.subscribe())
+                await sub.ready()
             async with aclosing(
                 follow_prompt(
                     self,

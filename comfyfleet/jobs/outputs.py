@@ -34,7 +34,8 @@ class OutputRecord(BaseModel, frozen=True):
     comfy_node_id: str
 
 
-def _safe_name(filename: str, subfolder: str) -> str:
+def stored_name(filename: str, subfolder: str) -> str:
+    """The name a node's output file (`filename` in `subfolder`) gets in the output store."""
     name = f"{subfolder}_{filename}" if subfolder else filename
     return name.replace("/", "_").replace("\\", "_").lstrip(".") or "output"
 
@@ -54,7 +55,7 @@ async def store_output(
 ) -> OutputRecord:
     """Stream one output from the node into `out_dir`; returns its record."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = _safe_name(ref.filename, ref.subfolder)
+    name = stored_name(ref.filename, ref.subfolder)
     downloaded = await client.download(ref, out_dir / name)
     content_type = downloaded.content_type or (
         mimetypes.guess_type(name)[0] or "application/octet-stream"

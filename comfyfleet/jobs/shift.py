@@ -23,6 +23,7 @@ attempt passes to a shift exactly once) is comfyfleet.store.shifts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from comfyfleet import bell
+from comfyfleet.catalog import raw
 from comfyfleet.comfyui import (
     ComfyUIClient,
     ComfyUIError,
@@ -49,6 +51,7 @@ from comfyfleet.comfyui import (
 from comfyfleet.comfyui.follow import locate
 from comfyfleet.jobs import attempts, load_workflow
 from comfyfleet.jobs.inputs import InputStore, input_refs, sync_input
+from comfyfleet.jobs.messages import MessageLog
 from comfyfleet.jobs.outputs import (
     OutputRecord,
     attempt_dir,
@@ -126,8 +129,7 @@ async def run_attempt(
     attempt was never held before, so its prompt cannot be on the node yet (else the node is
     asked first, and a prompt it has is followed instead of submitted again)."""
     settings = get_settings()
-    wf = load_workflow(info.workflow)
-    rendered = wf.render(info.params, filename_prefix=f"comfyfleet/{info.job_id}")
+    prepared = _prepare(info)
     prompt_id = info.attempt_id
     marked = False
 
@@ -140,9 +142,12 @@ async def run_attempt(
 
     last_db = 0.0
     preview = PreviewWriter(info.job_id)  # live previews (comfyfleet.jobs.previews)
+    log = MessageLog(info.job_id) if prepared.raw else None  # for /comfy/ws
 
     async def on_message(message: Message) -> None:
         nonlocal last_db
+        if log is not None:
+            log.write(message)
         if isinstance(message, PreviewFrame):
             await preview.aoffer(message.image)
         if isinstance(message, ExecutionStart) and not marked and not await mark_started():
@@ -158,17 +163,22 @@ async def run_attempt(
                 await asyncio.to_thread(attempts.progress, db, info, message.value, message.max)
 
     try:
-        async with ComfyUIClient(
-            url, client_id=prompt_id, unavailable_after=NODE_GONE_AFTER_S,
-            no_progress_timeout=settings.jobs.no_progress_timeout_s,
-        ) as client:  # fmt: skip
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(ComfyUIClient(
+                url, client_id=prompt_id, unavailable_after=NODE_GONE_AFTER_S,
+                no_progress_timeout=settings.jobs.no_progress_timeout_s,
+            ))  # fmt: skip
             try:
+                if prepared.raw:  # its /comfy/ws client gets every message: listen first
+                    await stack.enter_async_context(client.listening())
                 if fresh or await locate(client, prompt_id) is None:
-                    if refs := input_refs(wf, info.params):
+                    if prepared.inputs:
                         store = InputStore(settings.store.inputs_dir)
-                        for ref in refs:
+                        for ref in prepared.inputs:
                             await sync_input(client, store.resolve(ref))
-                    await client.submit(rendered.graph, prompt_id=prompt_id)
+                    await client.submit(
+                        prepared.graph, prompt_id=prompt_id, extra_data=prepared.extra_data
+                    )
             except Exception as exc:
                 if is_transient(exc):
                     raise SubmitFailed(f"{info.node}: {exc}") from exc
@@ -180,12 +190,14 @@ async def run_attempt(
                 return Outcome("superseded", "the attempt ended before its prompt started")
             if not await mark_started():
                 return Outcome("superseded", "the attempt ended while its prompt ran")
-            outputs = await _collect(client, info, rendered.output_nodes, result)
+            outputs = await _collect(
+                client, info, prepared.output_nodes, result, require_files=not prepared.raw
+            )
         seconds = result.duration_s or 0.0
         if not await asyncio.to_thread(attempts.completed, db, info, outputs, seconds):
             shutil.rmtree(attempt_dir(info.job_id, info.attempt_id), ignore_errors=True)
             return Outcome("superseded", "the job's live attempt is another one; outputs dropped")
-        return Outcome("completed", params=rendered.params, outputs=outputs, gpu_seconds=seconds)
+        return Outcome("completed", params=prepared.params, outputs=outputs, gpu_seconds=seconds)
     except asyncio.CancelledError:
         # One shielded cleanup: the engine running the task may cancel it again at every await,
         # and a cancel must still reach the node and the job.
@@ -198,11 +210,40 @@ async def run_attempt(
             status = await asyncio.to_thread(attempts.node_fault, db, info, str(exc))
             logger.warning("node %s failed attempt %s (%s); job is %s", info.node,
                            info.attempt_id, exc, status)  # fmt: skip
-            return Outcome("node_fault", str(exc), params=rendered.params)
+            return Outcome("node_fault", str(exc), params=prepared.params)
         await asyncio.to_thread(attempts.failed, db, info, str(exc))
-        return Outcome("failed", str(exc), params=rendered.params)
+        return Outcome("failed", str(exc), params=prepared.params)
     finally:
         preview.close()
+        if log is not None:
+            log.close()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What is sent to the node for one attempt."""
+
+    graph: dict[str, Any]
+    params: dict[str, Any]  # the parameters it was rendered with (defaults applied)
+    output_nodes: list[str]  # the nodes whose files are the job's outputs ([]: all of them)
+    inputs: list[str]  # stored input refs the node must have
+    extra_data: dict[str, Any] | None = None
+    raw: bool = False  # a raw graph (no contract)
+
+
+def _prepare(info: attempts.AttemptInfo) -> _Prepared:
+    """The graph of a catalog workflow rendered from the job's parameters, or a raw graph as
+    it was sent (its outputs: every file it makes)."""
+    if info.workflow == raw.GRAPH_WORKFLOW:
+        graph = info.params["graph"]
+        return _Prepared(
+            graph, {}, [], raw.input_refs(graph), info.params.get("extra_data"), raw=True
+        )
+    wf = load_workflow(info.workflow)
+    rendered = wf.render(info.params, filename_prefix=f"comfyfleet/{info.job_id}")
+    return _Prepared(
+        rendered.graph, rendered.params, rendered.output_nodes, input_refs(wf, info.params)
+    )
 
 
 async def _cancelled(db: Database, info: attempts.AttemptInfo, url: str) -> None:
@@ -215,7 +256,7 @@ async def _cancelled(db: Database, info: attempts.AttemptInfo, url: str) -> None
 
 async def _collect(
     client: ComfyUIClient, info: attempts.AttemptInfo, output_nodes: list[str],
-    result: PromptResult,
+    result: PromptResult, *, require_files: bool = True,
 ) -> list[OutputRecord]:  # fmt: skip
     """The attempt's output files, downloaded from the node into the output store. Each attempt
     has its own folder (`<job>/<attempt>/`): two attempts on two nodes name files alike, and a
@@ -223,7 +264,8 @@ async def _collect(
 
     The files are listed from the prompt's history entry (it includes outputs ComfyUI served
     from its cache), which ComfyUI writes just after it sends `execution_success`: it is asked
-    again briefly, and the outputs the websocket reported stand in if it never shows."""
+    again briefly, and the outputs the websocket reported stand in if it never shows. A raw
+    graph may make no file at all (`require_files` False): its outputs are then its messages."""
     out_dir = attempt_dir(info.job_id, info.attempt_id)
     refs = result.files
     for _ in range(HISTORY_SETTLE_TRIES):
@@ -244,9 +286,10 @@ async def _collect(
             if tries == DOWNLOAD_TRIES or not is_transient(exc):
                 raise
             await asyncio.sleep(tries)
-    if not records:
+    if not records and require_files:
         raise RuntimeError(f"prompt {info.attempt_id} on {info.node} finished without output files")
-    await asyncio.to_thread(keep_only, out_dir, {Path(r.path).name for r in records})
+    if out_dir.is_dir():
+        await asyncio.to_thread(keep_only, out_dir, {Path(r.path).name for r in records})
     return records
 
 

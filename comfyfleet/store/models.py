@@ -121,10 +121,17 @@ class User(Base):
     max_running: Mapped[int | None]
     max_queued: Mapped[int | None]
     daily_gpu_seconds: Mapped[float | None]
+    raw_graphs: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """May submit raw ComfyUI graphs (`/comfy/prompt`, `POST /api/v2/tasks {"graph"}`); admins
+    always may."""
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def may_run_graphs(self) -> bool:
+        return self.is_admin or bool(self.raw_graphs)
 
     @property
     def is_service(self) -> bool:

@@ -137,6 +137,12 @@ def set_quotas(
     session.flush()
 
 
+def set_raw_graphs(session: Session, *, target: User, allowed: bool) -> None:
+    """Grant or withdraw the user's permission to submit raw ComfyUI graphs."""
+    target.raw_graphs = allowed
+    session.flush()
+
+
 def ensure_service_user(session: Session, name: str = SERVICE_USER) -> User:
     """The service user `name` (created on first use; it cannot log in). Safe under races."""
     user = get_user(session, username=name)

@@ -18,6 +18,7 @@ from tests.unit.local.test_doctor import closed_port
 ACTIONS = {
     "up", "down", "login", "logs", "db upgrade", "db downgrade", "config import-legacy",
     "config reload", "users create", "users disable", "users enable", "users quota",
+    "users grant", "users revoke",
     "clients revoke", "tokens revoke", "nodes add", "nodes disable", "nodes enable",
     "nodes remove", "node leave", "jobs cancel", "workflows reload", "completion",
 }  # fmt: skip

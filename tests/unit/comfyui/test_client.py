@@ -898,3 +898,20 @@ async def test_every_client_of_the_process_shares_one_tls_context() -> None:
     ):
         contexts = {id(c._http._transport._pool._ssl_context) for c in (first, second)}
     assert contexts == {id(tls_context())}
+
+
+async def test_listening_before_submit_hands_wait_every_message_from_the_first() -> None:
+    node = FakeNode()
+    connector = FakeConnector(script_after_submit(node, rec.success()))
+    seen: list[Message] = []
+    async with make_client(node, connector) as comfy:
+        async with comfy.listening():
+            await comfy.submit(rec.GRAPH, prompt_id=rec.PROMPT_ID)
+            while connector.sockets[0].script:  # every frame delivered before anyone follows
+                await asyncio.sleep(0)
+            result = await comfy.wait(rec.PROMPT_ID, on_message=seen.append)
+    kinds = [m.type for m in seen if m.type != "status"]
+    assert kinds[:3] == ["execution_start", "execution_cached", "executing"]
+    assert isinstance(seen[-1], ExecutionSuccess)
+    assert result.duration_s == pytest.approx(0.64)
+    assert len(connector.urls) == 1  # one socket, opened before the submit
