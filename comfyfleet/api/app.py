@@ -26,6 +26,7 @@ from comfyfleet.api import (
     admin_users,
     auth,
     batches,
+    comfy,
     errors,
     events,
     files,
@@ -61,10 +62,11 @@ _UPLOAD_PATHS = frozenset(
         "/api/v2/tasks/image-to-video",
         "/api/v2/tasks/image-to-video/upload",
         "/api/v2/inputs",
+        *(f"{prefix}/{path}" for prefix in comfy.PREFIXES for path in ("prompt", "upload/image")),
     }
 )
 """Routes that accept an image in the body; every other JSON route takes at most `BODY_LIMIT`."""
-_LIMITED_PREFIXES = ("/api/", "/admin/", "/nodes", "/cluster")
+_LIMITED_PREFIXES = ("/api/", "/admin/", "/nodes", "/cluster", "/comfy/")
 
 DESCRIPTION = """Run ComfyUI jobs on a fleet of ComfyUI nodes.
 
@@ -87,6 +89,7 @@ ROUTERS = (
     admin_users.router,
     join.router,
     health.router,
+    *comfy.ROUTERS,
 )
 """Every router of the gateway, in inclusion order (tests walk them route by route)."""
 

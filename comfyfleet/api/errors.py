@@ -7,7 +7,10 @@ Body of every error response (`ErrorBody`)::
 
 Mapping: `ParamError`, `InvalidInput`, `InputError`, `WebhookError`, request validation → 422;
 `UnknownWorkflowError` → 422 with field `workflow` (404 where the workflow is the path);
-`NotFound` → 404; `Conflict` → 409; `QuotaExceeded` → 429; HTTP errors keep their status.
+`NotFound` → 404; `Conflict` → 409; `QuotaExceeded` → 429; HTTP errors keep their status. A raw
+graph refused (`GraphError`) → 400 with ComfyUI's own body (`{"error": {type, message, details,
+extra_info}, "node_errors": {…}}`), as ComfyUI's POST /prompt answers; no `raw_graphs`
+permission → 403.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from comfyfleet.catalog import ParamError, UnknownWorkflowError
+from comfyfleet.catalog.raw import GraphError
+from comfyfleet.jobs.graphs import GraphsNotAllowed
 from comfyfleet.jobs.inputs import InputError
 from comfyfleet.jobs.webhooks import WebhookError
 from comfyfleet.store import Conflict, InvalidInput, NotFound, QuotaExceeded
@@ -175,6 +180,14 @@ def install(app: FastAPI, *, allowed_methods: Callable[[str], list[str]] | None 
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
         return error_response(409, "conflict", str(exc))
+
+    @app.exception_handler(GraphError)
+    async def _graph(_: Request, exc: GraphError) -> JSONResponse:
+        return JSONResponse(exc.body, status_code=400)  # ComfyUI's own shape (POST /prompt)
+
+    @app.exception_handler(GraphsNotAllowed)
+    async def _graphs_not_allowed(_: Request, exc: GraphsNotAllowed) -> JSONResponse:
+        return error_response(403, "forbidden", str(exc), field="graph")
 
     @app.exception_handler(QuotaExceeded)
     async def _quota(_: Request, exc: QuotaExceeded) -> JSONResponse:

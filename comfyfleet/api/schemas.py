@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    model_validator,
+)
 
 Priority = Literal["high", "normal", "low"]
 JobStatusName = Literal["queued", "dispatched", "running", "completed", "failed", "cancelled"]
@@ -137,13 +145,29 @@ class _Common(Body):
 
 
 class TaskRequest(_Common):
-    """Any catalog workflow with its parameters (`GET /api/v2/workflows` lists the schemas)."""
+    """Any catalog workflow with its parameters (`GET /api/v2/workflows` lists the schemas), or
+    a raw ComfyUI graph (`graph`, API format: the `raw_graphs` permission)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    workflow: str = Field(max_length=128, description="Catalog workflow id, e.g. sd15-basic.")
+    workflow: str | None = Field(
+        default=None, max_length=128, description="Catalog workflow id, e.g. sd15-basic."
+    )
     params: dict[str, Any] = Field(default_factory=dict)
+    graph: dict[str, Any] | None = Field(
+        default=None,
+        description='A raw ComfyUI graph ("Save (API)" format) instead of workflow + params; '
+        "refused with ComfyUI's own 400 body when no healthy node can run it.",
+    )
     batch_id: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _workflow_or_graph(self) -> TaskRequest:
+        if (self.workflow is None) == (self.graph is None):
+            raise ValueError("give either workflow (with params) or graph, not both")
+        if self.graph is not None and (self.params or self.pinned_node):
+            raise ValueError("a graph takes no params or pinned_node: edit the graph instead")
+        return self
 
 
 class BatchRequest(_Common):
@@ -301,6 +325,11 @@ class WebhookSecretOut(BaseModel):
 # -- admin ------------------------------------------------------------------------------------
 
 
+PERMISSIONS = ("raw_graphs",)
+Permission = Literal["raw_graphs"]
+"""`raw_graphs`: submit raw ComfyUI graphs (`/comfy/prompt`, `POST /api/v2/tasks {"graph"}`)."""
+
+
 class UserOut(BaseModel):
     username: str
     role: str
@@ -309,6 +338,15 @@ class UserOut(BaseModel):
     max_running: int | None = None
     max_queued: int | None = None
     daily_gpu_seconds: float | None = None
+    permissions: list[Permission] = Field(
+        default_factory=list, description="What the user may do beyond plain jobs."
+    )
+
+
+class PermissionsUpdate(Body):
+    raw_graphs: bool | None = Field(
+        default=None, description="Grant (true) or withdraw (false) raw graphs; null: unchanged."
+    )
 
 
 class UserCreate(Body):

@@ -31,6 +31,7 @@ from comfyfleet.api.schemas import (
 )
 from comfyfleet.auth import Principal
 from comfyfleet.catalog import ParamError, UnknownWorkflowError, Workflow
+from comfyfleet.jobs.graphs import submit_graph
 from comfyfleet.jobs.webhooks import deliver_job_event, ensure_secret, scope_of, validate_url
 from comfyfleet.store import TERMINAL_JOB_STATUSES, count_jobs, list_jobs
 from comfyfleet.store.models import Job
@@ -154,6 +155,24 @@ def submit_job(
     return job, secret
 
 
+def submit_graph_job(
+    gateway: Gateway, principal: Principal, graph: dict[str, Any], *, priority: str = "normal",
+    webhook_url: str | None = None,
+) -> tuple[Job, str | None]:  # fmt: skip
+    """Check and queue a raw graph; (job, webhook secret if created now)."""
+    from comfyfleet.api.comfy import fleet_inventories
+
+    if webhook_url is not None:
+        validate_url(webhook_url, policy=gateway.webhook_policy())
+    job, _ = submit_graph(
+        gateway.db, graph, principal=principal, inventories=fleet_inventories(gateway.settings),
+        settings=gateway.settings, inputs=gateway.inputs, priority=priority,
+        webhook_url=webhook_url,
+    )  # fmt: skip
+    secret = ensure_secret(gateway.db, scope=scope_of(job)) if webhook_url else None
+    return job, secret
+
+
 async def respond(
     gateway: Gateway,
     request: Request,
@@ -190,7 +209,18 @@ async def submit_task(
     wait: WaitQuery = False,
     timeout: TimeoutQuery = 60.0,
 ) -> SubmittedJob:
-    """Any catalog workflow with its parameters. 202 + the job (poll it, or follow its events)."""
+    """Any catalog workflow with its parameters, or a raw ComfyUI graph (`graph`: needs the
+    `raw_graphs` permission; refused with ComfyUI's own 400 when no healthy node can run it).
+    202 + the job (poll it, or follow its events)."""
+    if body.graph is not None:
+        job, secret = await asyncio.to_thread(
+            submit_graph_job, gateway, principal, body.graph, priority=body.priority,
+            webhook_url=body.webhook_url,
+        )  # fmt: skip
+        return await respond(
+            gateway, request, response, principal, job, secret, wait=wait, timeout=timeout
+        )
+    assert body.workflow is not None
     workflow = await asyncio.to_thread(
         find_workflow, gateway, body.workflow, capability=None, field="workflow"
     )
