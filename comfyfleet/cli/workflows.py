@@ -1,9 +1,16 @@
-"""`comfyfleet workflows list|check [--node URL]|reload`: the workflow catalog."""
+"""`comfyfleet workflows list|check [--node URL]|reload|new GRAPH.json`: the workflow catalog.
+
+`workflows new GRAPH.json [--id ID] [--capability CAP] [--out DIR]` turns a graph exported with
+ComfyUI's "Save (API)" into a catalog workflow to review: it writes `<DIR>/<capability>/<id>.json`
+(the graph, unchanged) and `<id>.yaml`, a draft contract (comfyfleet.catalog.draft), and loads
+the pair as the catalog would.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from comfyfleet.cli import CliError, group, load_settings, print_table
@@ -38,6 +45,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = workflows.add_parser("reload", help="re-read the workflow directories")
     parser.set_defaults(func=cmd_workflows_reload)
+
+    parser = workflows.add_parser(
+        "new", help='draft a workflow (graph + contract) from a graph saved with "Save (API)"'
+    )
+    parser.add_argument("graph", type=Path, metavar="GRAPH.json", help="the API-format graph")
+    parser.add_argument("--id", metavar="ID", help="the workflow id (default: the file's name)")
+    parser.add_argument(
+        "--capability", metavar="CAP", help="its capability (default: guessed from the graph)"
+    )
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR",
+        help="the workflow directory to write to (default: the first configured one)",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(func=cmd_workflows_new)
 
 
 def load_catalog(settings: Settings) -> Catalog:
@@ -144,3 +166,94 @@ def cmd_workflows_reload(args: argparse.Namespace) -> int:
         print(f"  warning: {warning}")
     print("(Processes read the catalog at start; a running gateway reloads it itself.)")
     return 0
+
+
+def cmd_workflows_new(args: argparse.Namespace) -> int:
+    from comfyfleet.catalog.contract import load_contract
+    from comfyfleet.catalog.draft import (
+        GraphFileError,
+        draft_contract,
+        guess_capability,
+        read_graph,
+    )
+
+    try:
+        text = args.graph.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise CliError(f"{args.graph}: {reason}") from None
+    try:
+        graph = read_graph(text, str(args.graph))
+    except GraphFileError as exc:
+        raise CliError(str(exc)) from None
+    workflow_id = args.id or args.graph.stem
+    capability = args.capability or guess_capability(graph)
+    try:
+        contract = draft_contract(graph, workflow_id=workflow_id, capability=args.capability)
+    except ValueError as exc:
+        hint = " (give --id)" if "workflow id" in str(exc) and not args.id else ""
+        raise CliError(f"{exc}{hint}") from None
+
+    settings = load_settings()
+    configured = [Path(d) for d in settings.workflow_dirs]
+    out = args.out or next((d for d in configured if not d.is_file()), Path("workflows"))
+    folder = out / capability
+    graph_path, contract_path = folder / f"{workflow_id}.json", folder / f"{workflow_id}.yaml"
+    existing = [str(p) for p in (graph_path, contract_path, folder / f"{workflow_id}.yml")
+                if p.exists()]  # fmt: skip
+    if existing:
+        raise CliError(
+            f"will not overwrite {', '.join(existing)}: give another --id, or remove them first"
+        )
+    other = _defined_elsewhere(settings, workflow_id)
+    if other:
+        raise CliError(f"workflow id {workflow_id!r} is taken by {other}: give another --id")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    graph_path.write_text(text, encoding="utf-8")
+    contract_path.write_text(contract, encoding="utf-8")
+    problems: list[str] = []
+    workflow = load_contract(contract_path, problems, model_map=settings.models)
+    if workflow is None:  # a draft the loader refuses is a bug here; leave nothing half done
+        graph_path.unlink()
+        contract_path.unlink()
+        raise CliError("the draft does not load (nothing written):\n  " + "\n  ".join(problems))
+    in_catalog = any(_inside(contract_path, d) for d in configured)
+    if args.json:
+        print(json.dumps({
+            "workflow": workflow.id, "capability": workflow.capability,
+            "graph": str(graph_path), "contract": str(contract_path),
+            "parameters": list(workflow.parameters), "output_nodes": workflow.output_nodes,
+            "in_catalog": in_catalog,
+        }, indent=1))  # fmt: skip
+        return 0
+    print(f"wrote {graph_path} (the graph, unchanged)")
+    print(f"wrote {contract_path} (a draft contract)")
+    print(f"  capability: {workflow.capability}{'' if args.capability else ' (guessed)'}")
+    print(f"  parameters: {', '.join(workflow.parameters) or 'none found'}")
+    if not in_catalog:
+        print(f"note: {out} is not one of the configured workflow_dirs; add it to comfyfleet.yaml")
+    print(
+        f"Review {contract_path}, then `comfyfleet workflows check` and "
+        "`comfyfleet workflows reload`."
+    )
+    return 0
+
+
+def _defined_elsewhere(settings: Settings, workflow_id: str) -> str | None:
+    """Where the configured catalog already defines `workflow_id` (None: nowhere, or the
+    catalog does not load, which `workflows check` reports)."""
+    try:
+        catalog = load_catalog(settings)
+    except CliError:
+        return None
+    found = [w for w in catalog if w.id == workflow_id]
+    return str(found[0].source) if found else None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True

@@ -1,4 +1,4 @@
-"""`comfyfleet workflows list|check|reload`."""
+"""`comfyfleet workflows list|check|reload|new`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from comfyfleet.cli import main
+from tests.unit.catalog.test_catalog import BUNDLED
 from tests.unit.cli.configs import use_config
 
 
@@ -64,3 +65,69 @@ def test_workflows_check_static_and_reload(
     assert main(["workflows", "check", "--static"]) == 0
     assert main(["workflows", "reload"]) == 0
     assert "Reloaded 7 workflows" in capsys.readouterr().out
+
+
+def test_workflows_new_writes_a_draft_that_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mine"
+    use_config(tmp_path, monkeypatch, workflow_dirs=[str(out)])
+    source = BUNDLED / "image_to_video" / "svd-basic.json"
+    assert main(["workflows", "new", str(source), "--id", "my-svd"]) == 0
+    printed = capsys.readouterr().out
+    folder = out / "image_to_video"  # the guessed capability, in the first configured dir
+    assert (folder / "my-svd.json").read_text() == source.read_text()  # unchanged
+    assert (folder / "my-svd.yaml").read_text().startswith("# DRAFT")
+    assert f"wrote {folder / 'my-svd.yaml'}" in printed
+    assert "capability: image_to_video (guessed)" in printed
+    assert "`comfyfleet workflows check` and `comfyfleet workflows reload`" in printed
+    assert main(["workflows", "list", "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["id"] == "my-svd" and listed["parameters"]["required"] == ["image"]
+
+    # again: it names what it will not overwrite
+    assert main(["workflows", "new", str(source), "--id", "my-svd"]) == 1
+    err = capsys.readouterr().err
+    assert "will not overwrite" in err and str(folder / "my-svd.json") in err
+    assert str(folder / "my-svd.yaml") in err
+
+
+def test_workflows_new_with_out_capability_and_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    use_config(tmp_path, monkeypatch)
+    graph = tmp_path / "portrait.json"
+    graph.write_text((BUNDLED / "text_to_image" / "sd15-basic.json").read_text())
+    argv = ["workflows", "new", str(graph), "--capability", "portraits", "--out",
+            str(tmp_path / "drafts"), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["workflow"] == "portrait" and doc["capability"] == "portraits"
+    assert doc["contract"] == str(tmp_path / "drafts" / "portraits" / "portrait.yaml")
+    assert {"prompt", "seed", "steps", "width", "height"} <= set(doc["parameters"])
+    assert doc["in_catalog"] is False
+    # text: says the directory is not in the catalog
+    argv = ["workflows", "new", str(graph), "--id", "p2", "--out", str(tmp_path / "drafts")]
+    assert main(argv) == 0
+    assert "is not one of the configured workflow_dirs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "argv", "message"),
+    [
+        ('{"nodes": [], "links": []}', [], 'export the graph with "Save (API)"'),
+        ("{\n oops", [], "g.json: not valid JSON: line 2, column 2"),
+        (None, ["--id", "sd15-basic"], "workflow id 'sd15-basic' is taken by"),
+        (None, ["--id", "../up"], "bad workflow id"),
+    ],
+)  # fmt: skip
+def test_workflows_new_refuses(
+    content: str | None, argv: list[str], message: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    use_config(tmp_path, monkeypatch)
+    graph = tmp_path / "g.json"
+    graph.write_text(content or (BUNDLED / "text_to_image" / "sd15-basic.json").read_text())
+    assert main(["workflows", "new", str(graph), "--out", str(tmp_path / "o"), *argv]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
