@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import struct
 import time
 import uuid
@@ -308,8 +309,6 @@ def view(
     """An output of one of the caller's prompts (`subfolder` = its prompt id), or an uploaded
     input (`type=input`)."""
     if type == "input":
-        import re
-
         name = filename.rsplit("/", 1)[-1]
         path = gateway.inputs.root / name
         if re.match(INPUT_NAME_PATTERN, name) and path.is_file():
@@ -508,6 +507,7 @@ class _Relay:
         self.gateway, self.principal, self.sid = gateway, principal, sid
         self.followed: dict[str, _Followed] = {}
         self.since = time.time() - 10.0  # prompts that ended just before the socket opened
+        self.first = True
         self.remaining = -1
 
     def _jobs(self) -> list[Job]:
@@ -524,7 +524,8 @@ class _Relay:
                     job = get_job(session, job_id=job_id, with_details=True)
                     if job is not None:
                         found.append(job)
-            if not self.followed:  # just connected: prompts that ended a moment ago
+            if self.first:  # just connected: prompts that ended a moment ago
+                self.first = False
                 for job in list_jobs(
                     session, owner_id=self.principal.user_id, workflow=GRAPH_WORKFLOW,
                     status=list(TERMINAL_JOB_STATUSES), limit=20, with_details=True,
