@@ -38,8 +38,9 @@ from comfyfleet.catalog.raw import (
     parse_graph,
 )
 from comfyfleet.jobs.inputs import InputError, InputStore
+from comfyfleet.jobs.service import charged
 from comfyfleet.settings import Settings, get_settings
-from comfyfleet.store import Conflict, Database, check_quota, create_job, get_job
+from comfyfleet.store import Conflict, Database, create_job, get_job
 from comfyfleet.store.models import Job
 
 
@@ -127,11 +128,7 @@ def submit_graph(
         params["extra_data"] = dict(extra_data)
 
     def write(session: Any) -> Job:
-        user = session.merge(principal.user, load=False)
-        client = (
-            session.merge(principal.client, load=False) if principal.client is not None else None
-        )
-        check_quota(session, user=user, client=client)
+        user, client = charged(session, principal)
         return create_job(
             session, workflow=GRAPH_WORKFLOW, capability=GRAPH_CAPABILITY, params=params,
             request={"client_id": client_id} if client_id else {}, owner=user, client=client,

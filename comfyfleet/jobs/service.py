@@ -114,11 +114,7 @@ def submit(
     _check_inputs(workflow, params, inputs or InputStore(get_settings().store.inputs_dir))
 
     def write(session: Any) -> Job:
-        user = session.merge(principal.user, load=False)
-        client = (
-            session.merge(principal.client, load=False) if principal.client is not None else None
-        )
-        check_quota(session, user=user, client=client)
+        user, client = charged(session, principal)
         return create_job(
             session,
             workflow=workflow.id,
@@ -137,6 +133,15 @@ def submit(
     job = db.run(write)
     bell.ring(bell.bell_dir(str(db.url)), bell.DISPATCH)
     return job
+
+
+def charged(session: Any, principal: Principal) -> tuple[Any, Any]:
+    """The caller's user and client in this transaction, once their quotas allow one more job
+    (QuotaExceeded otherwise): call it in the transaction that writes the job."""
+    user = session.merge(principal.user, load=False)
+    client = session.merge(principal.client, load=False) if principal.client is not None else None
+    check_quota(session, user=user, client=client)
+    return user, client
 
 
 def _check_inputs(workflow: Workflow, params: dict[str, Any], store: InputStore) -> None:
