@@ -46,9 +46,10 @@ from starlette.websockets import WebSocketDisconnect
 
 from comfyfleet import jobs
 from comfyfleet.api.deps import CurrentUser, CurrentUserOrQuery, Gateway, GatewayDep, _principal
-from comfyfleet.api.errors import ApiError
+from comfyfleet.api.errors import ERROR_RESPONSES, ApiError
 from comfyfleet.api.files import output_path
 from comfyfleet.api.images import CONTENT_TYPES, INPUT_NAME_PATTERN, store_image
+from comfyfleet.api.schemas import ComfyErrorBody
 from comfyfleet.auth import Principal
 from comfyfleet.catalog.raw import GRAPH_WORKFLOW, GraphError, Inventory, output_node_ids
 from comfyfleet.fleet.state import node_inventories, node_states
@@ -70,7 +71,27 @@ ACTIVE = ("queued", "dispatched", "running")
 HISTORY_MAX = 10_000
 _JPEG, _PREVIEW_IMAGE = 1, 1
 
-router = APIRouter(tags=["comfyui"])
+ROUTERS = [APIRouter(prefix=p, tags=["comfyui"], responses=ERROR_RESPONSES) for p in PREFIXES]
+"""One router per prefix (`/comfy`, `/comfy/api`), the same routes on each."""
+EMPTY_OK: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Done: an empty body, as ComfyUI answers.", "content": {}}
+}
+
+
+def _route(method: str, path: str, **kwargs: Any) -> Any:
+    """Register the endpoint at `path` under every prefix."""
+
+    def register(endpoint: Any) -> Any:
+        for router in ROUTERS:
+            router.add_api_route(path, endpoint, methods=[method], **kwargs)
+        return endpoint
+
+    return register
+
+
+REFUSED: dict[int | str, dict[str, Any]] = {
+    400: {"model": ComfyErrorBody, "description": "Refused, in ComfyUI's shape: nothing queued."}
+}
 
 
 def fleet_inventories(settings: Settings) -> dict[str, Inventory]:
@@ -133,7 +154,7 @@ def _queue_item(job: Job, output_classes: list[str]) -> list[Any]:
 # -- prompts -----------------------------------------------------------------------------------
 
 
-@router.post("/prompt")
+@_route("POST", "/prompt", responses=REFUSED)
 async def post_prompt(request: Request, gateway: GatewayDep, principal: CurrentUser) -> Any:
     """Queue a graph: ComfyUI's body (`prompt`, `client_id`, `prompt_id`, `extra_data`, `front`)
     and answer (`prompt_id`, `number`, `node_errors`); 400 with ComfyUI's error otherwise."""
@@ -158,7 +179,7 @@ async def post_prompt(request: Request, gateway: GatewayDep, principal: CurrentU
     return {"prompt_id": prompt_id_of(job.id), "number": _number(job), "node_errors": {}}
 
 
-@router.get("/prompt")
+@_route("GET", "/prompt")
 def get_prompt(gateway: GatewayDep, principal: CurrentUser) -> Any:
     """`{"exec_info": {"queue_remaining": N}}`: the caller's prompts not ended yet."""
     return {"exec_info": {"queue_remaining": len(_my_prompts(gateway, principal, status=ACTIVE))}}
@@ -272,7 +293,7 @@ def history_entry(job: Job, output_classes: list[str]) -> dict[str, Any]:
     }
 
 
-@router.get("/history/{prompt_id}")
+@_route("GET", "/history/{prompt_id}")
 def get_history_one(prompt_id: str, gateway: GatewayDep, principal: CurrentUser) -> Any:
     """`{prompt_id: entry}` once the prompt ended; `{}` before, or for an unknown id."""
     job = _mine(gateway, principal, prompt_id)
@@ -281,11 +302,11 @@ def get_history_one(prompt_id: str, gateway: GatewayDep, principal: CurrentUser)
     return {prompt_id_of(job.id): history_entry(job, _outputs_of(gateway.settings))}
 
 
-@router.get("/history")
+@_route("GET", "/history")
 def get_history(
     gateway: GatewayDep, principal: CurrentUser,
     max_items: Annotated[int | None, Query(ge=1, le=HISTORY_MAX)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Any:  # fmt: skip
     """The caller's ended prompts, oldest first (`max_items`: the most recent ones)."""
     ended = _my_prompts(
@@ -299,7 +320,7 @@ def get_history(
 # -- files -------------------------------------------------------------------------------------
 
 
-@router.get("/view")
+@_route("GET", "/view")
 def view(
     gateway: GatewayDep, principal: CurrentUserOrQuery,
     filename: Annotated[str, Query(max_length=512)],
@@ -323,7 +344,7 @@ def view(
     raise ApiError(404, "not_found", f"no output {filename!r} in {subfolder!r}", field="filename")
 
 
-@router.post("/upload/image")
+@_route("POST", "/upload/image")
 async def upload_image(
     gateway: GatewayDep, principal: CurrentUser,
     image: Annotated[UploadFile, File(description="An image (PNG, JPEG, WEBP, GIF, BMP).")],
@@ -340,7 +361,7 @@ async def upload_image(
 # -- queue -------------------------------------------------------------------------------------
 
 
-@router.get("/queue")
+@_route("GET", "/queue")
 def get_queue(gateway: GatewayDep, principal: CurrentUser) -> Any:
     """The caller's prompts: `queue_running` (placed on a node) and `queue_pending` (queued)."""
     active = _my_prompts(gateway, principal, status=ACTIVE)
@@ -357,7 +378,7 @@ def _cancel(gateway: Gateway, principal: Principal, jobs_: Iterable[Job]) -> Non
             jobs.cancel(gateway.db, job.id, principal=principal)
 
 
-@router.post("/queue")
+@_route("POST", "/queue", response_class=Response, responses=EMPTY_OK)
 async def post_queue(request: Request, gateway: GatewayDep, principal: CurrentUser) -> Response:
     """`{"delete": [prompt ids]}` removes those of the caller's prompts not started yet;
     `{"clear": true}` all of them. Running prompts go on (POST /interrupt stops them)."""
@@ -376,7 +397,7 @@ async def post_queue(request: Request, gateway: GatewayDep, principal: CurrentUs
     return Response(status_code=200)
 
 
-@router.post("/interrupt")
+@_route("POST", "/interrupt", response_class=Response, responses=EMPTY_OK)
 async def interrupt(request: Request, gateway: GatewayDep, principal: CurrentUser) -> Response:
     """Stop the caller's running prompt `prompt_id` (without one: every running prompt of the
     caller's, never anyone else's)."""
@@ -442,27 +463,27 @@ async def fleet_object_info(settings: Settings) -> dict[str, Any]:
         return merged
 
 
-@router.get("/object_info")
+@_route("GET", "/object_info")
 async def object_info(gateway: GatewayDep, principal: CurrentUser) -> Any:
     """Every class type some healthy node has: the union (a graph runs on a node that has all
     of its class types, so a class only some nodes have is still usable)."""
     return await fleet_object_info(gateway.settings)
 
 
-@router.get("/object_info/{class_type}")
+@_route("GET", "/object_info/{class_type}")
 async def object_info_one(class_type: str, gateway: GatewayDep, principal: CurrentUser) -> Any:
     info = await fleet_object_info(gateway.settings)
     return {class_type: info[class_type]} if class_type in info else {}
 
 
-@router.get("/models")
+@_route("GET", "/models")
 def models(gateway: GatewayDep, principal: CurrentUser) -> Any:
     """Model folders some healthy node has."""
     inventories = fleet_inventories(gateway.settings).values()
     return sorted({folder for inv in inventories for folder in inv.models})
 
 
-@router.get("/models/{folder}")
+@_route("GET", "/models/{folder}")
 def models_in(folder: str, gateway: GatewayDep, principal: CurrentUser) -> Any:
     """Files of the folder on some healthy node (the union)."""
     inventories = [i for i in fleet_inventories(gateway.settings).values() if folder in i.models]
@@ -602,7 +623,6 @@ class _Relay:
         return out
 
 
-@router.websocket("/ws")
 async def websocket(websocket: WebSocket) -> None:
     """ComfyUI's websocket: the messages of this client's prompts (`clientId`)."""
     gateway: Gateway = websocket.app.state.gateway
@@ -632,8 +652,5 @@ async def websocket(websocket: WebSocket) -> None:
         return
 
 
-ROUTERS = []
-for _prefix in PREFIXES:
-    _copy = APIRouter(prefix=_prefix, tags=["comfyui"])
-    _copy.include_router(router)
-    ROUTERS.append(_copy)
+for _router in ROUTERS:
+    _router.add_api_websocket_route("/ws", websocket)

@@ -133,6 +133,21 @@ class BatchOut(BaseModel):
     jobs: list[SubmittedJob]
 
 
+class ComfyError(BaseModel):
+    type: str
+    message: str
+    details: str = ""
+    extra_info: dict[str, Any] = Field(default_factory=dict)
+
+
+class ComfyErrorBody(BaseModel):
+    """ComfyUI's own answer to a prompt it will not queue (its POST /prompt): a raw graph
+    refused by the fleet."""
+
+    error: ComfyError
+    node_errors: dict[str, Any]
+
+
 # -- task requests ----------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from comfyfleet.api.images import inline_image, resolve_image
 from comfyfleet.api.schemas import (
     BatchOut,
     BatchRequest,
+    ComfyErrorBody,
     JobOut,
     JobPage,
     SubmittedJob,
@@ -198,7 +199,16 @@ async def respond(
 
 
 @router.post(
-    "/api/v2/tasks", status_code=202, response_model=SubmittedJob, responses=SUBMIT_RESPONSES
+    "/api/v2/tasks",
+    status_code=202,
+    response_model=SubmittedJob,
+    responses={
+        **SUBMIT_RESPONSES,
+        400: {
+            "model": ComfyErrorBody,
+            "description": "A raw graph refused, in ComfyUI's shape (its POST /prompt).",
+        },
+    },
 )
 async def submit_task(
     body: TaskRequest,

@@ -38,6 +38,9 @@ _PATH_VALUES = {
     "client_id": "c" * 32,
     "workflow_id": "sd15-basic",
     "token_id": "1",
+    "prompt_id": "00000000-0000-0000-0000-000000000000",
+    "class_type": "KSampler",
+    "folder": "checkpoints",
 }
 
 

@@ -907,7 +907,7 @@ async def test_listening_before_submit_hands_wait_every_message_from_the_first()
     async with make_client(node, connector) as comfy:
         async with comfy.listening():
             await comfy.submit(rec.GRAPH, prompt_id=rec.PROMPT_ID)
-            while connector.sockets[0].script:  # every frame delivered before anyone follows
+            while connector.sockets[0].script:  # noqa: ASYNC110 (every frame out before a follower)
                 await asyncio.sleep(0)
             result = await comfy.wait(rec.PROMPT_ID, on_message=seen.append)
     kinds = [m.type for m in seen if m.type != "status"]
