@@ -178,6 +178,9 @@ def use_prefect(settings: Any) -> None:
     auth = auth_string(auth_string_path(settings))
     if auth:
         os.environ.setdefault(AUTH_ENV, auth)
+    context = sys.modules.get("prefect.context")
+    if context is not None:  # Prefect read its settings at import: read them again
+        context.refresh_global_settings_context()
 
 
 def prefect_env(*, api_url: str, home: Path, auth: str | None = None) -> dict[str, str]:

@@ -100,3 +100,27 @@ def test_several_api_processes_without_postgres_or_redis_are_refused_naming_the_
     )
     with pytest.raises(ValueError, match=names.replace(".", r"\.")):
         server.server_env({})
+
+
+def test_use_prefect_points_an_already_imported_prefect_at_the_fleet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CLI command imports Prefect while building its parser; the fleet's API URL set after
+    that must still reach the client (else it starts a temporary server of its own)."""
+    import prefect.context
+    from prefect.settings import get_current_settings
+
+    from comfyfleet.local.prefect_server import use_prefect
+    from comfyfleet.settings import Settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_API_AUTH_STRING", raising=False)
+    settings = Settings(
+        prefect={"api_url": "http://127.0.0.1:4299/api"}, embedded={"var_dir": str(tmp_path)}
+    )
+    try:
+        use_prefect(settings)
+        assert get_current_settings().api.url == "http://127.0.0.1:4299/api"
+    finally:
+        monkeypatch.undo()
+        prefect.context.refresh_global_settings_context()
