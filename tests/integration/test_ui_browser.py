@@ -86,10 +86,12 @@ def test_a_20_step_job_shows_distinct_previews_before_its_image(web: str, browse
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not final.count():
         for src in page.eval_on_selector_all(
-            # the preview files (preview-N.jpg); once, the final PNG's URL matched a bare
-            # 'preview-' while the image switched over
+            # the preview files (preview-N.jpg). The selector and the function run as two
+            # steps, and the UI reuses the <img> for the final image: a src read after the
+            # switch is the PNG's, so the function checks the src it reads again
             "img[src*='preview-'][src$='.jpg']",
-            "imgs => imgs.map(i => i.getAttribute('src'))",
+            "imgs => imgs.map(i => i.getAttribute('src'))"
+            ".filter(s => s && s.includes('preview-') && s.endsWith('.jpg'))",
         ):
             if src not in previews:
                 previews.append(src)
