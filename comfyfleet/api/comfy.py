@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import struct
 import time
 import uuid
@@ -39,20 +38,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import httpx
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile, WebSocket
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect
 
 from comfyfleet import jobs
-from comfyfleet.api.deps import CurrentUser, CurrentUserOrQuery, Gateway, GatewayDep, _principal
+from comfyfleet.api.deps import (
+    CurrentUser,
+    CurrentUserOrQuery,
+    Gateway,
+    GatewayDep,
+    authenticate,
+)
 from comfyfleet.api.errors import ERROR_RESPONSES, ApiError
-from comfyfleet.api.files import output_path
-from comfyfleet.api.images import CONTENT_TYPES, INPUT_NAME_PATTERN, store_image
+from comfyfleet.api.files import input_file, output_file
+from comfyfleet.api.images import store_image
 from comfyfleet.api.schemas import ComfyErrorBody
 from comfyfleet.auth import Principal
-from comfyfleet.catalog.raw import GRAPH_WORKFLOW, GraphError, Inventory, output_node_ids
-from comfyfleet.fleet.state import node_inventories, node_states
+from comfyfleet.catalog.raw import GRAPH_WORKFLOW, GraphError, output_node_ids
+from comfyfleet.comfyui import ComfyUIClient, ComfyUIError
+from comfyfleet.fleet import state as fleet_state
+from comfyfleet.fleet.monitor import INVENTORY_TIMEOUT_S
 from comfyfleet.jobs.graphs import client_of, job_id_of, prompt_id_of, submit_graph
 from comfyfleet.jobs.messages import messages_path, read_messages
 from comfyfleet.jobs.outputs import stored_name
@@ -94,15 +100,6 @@ REFUSED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def fleet_inventories(settings: Settings) -> dict[str, Inventory]:
-    """What each healthy node in rotation has installed, by node id."""
-    known = node_inventories(settings)
-    return {
-        n.id: known[n.id] for n in node_states(settings)
-        if n.healthy and n.enabled and n.id in known
-    }  # fmt: skip
-
-
 def _number(job: Job) -> int:
     return int(job.created_at.timestamp() * 1000) if job.created_at else 0
 
@@ -139,7 +136,7 @@ def _my_prompts(
 
 
 def _outputs_of(settings: Settings) -> list[str]:
-    inventories = fleet_inventories(settings).values()
+    inventories = fleet_state.healthy_inventories(settings).values()
     return sorted({c for inv in inventories for c in inv.output_class_types})
 
 
@@ -169,12 +166,14 @@ async def post_prompt(request: Request, gateway: GatewayDep, principal: CurrentU
     prompt_id = body.get("prompt_id")
     client_id = body.get("client_id")
     job, _ = await asyncio.to_thread(
-        submit_graph, gateway.db, body["prompt"], principal=principal,
-        inventories=fleet_inventories(gateway.settings), settings=gateway.settings,
-        inputs=gateway.inputs, priority="high" if body.get("front") else "normal",
-        prompt_id=str(prompt_id) if prompt_id is not None else None,
-        client_id=str(client_id)[:200] if client_id else None,
-        extra_data=extra if isinstance(extra, dict) else None,
+        lambda: submit_graph(
+            gateway.db, body["prompt"], principal=principal, settings=gateway.settings,
+            inventories=fleet_state.healthy_inventories(gateway.settings), inputs=gateway.inputs,
+            priority="high" if body.get("front") else "normal",
+            prompt_id=str(prompt_id) if prompt_id is not None else None,
+            client_id=str(client_id)[:200] if client_id else None,
+            extra_data=extra if isinstance(extra, dict) else None,
+        )
     )  # fmt: skip
     return {"prompt_id": prompt_id_of(job.id), "number": _number(job), "node_errors": {}}
 
@@ -192,20 +191,24 @@ def _rewrite_files(value: Any, job: Job, attempt_id: str | None) -> Any:
     """A node's UI output with each file ref pointing at the fleet's copy (dropped if the job
     has no such file)."""
     names = {o.name for o in job.outputs if attempt_id is None or o.attempt_id == attempt_id}
-    if isinstance(value, list):
+    pid = prompt_id_of(job.id)
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if not isinstance(value, list):
+            return value
         out = []
         for item in value:
             if isinstance(item, dict) and "filename" in item:
                 name = stored_name(str(item["filename"]), str(item.get("subfolder") or ""))
                 if name in names:
-                    pid = prompt_id_of(job.id)
                     out.append({**item, "filename": name, "subfolder": pid, "type": "output"})
             else:
                 out.append(item)
         return out
-    if isinstance(value, dict):
-        return {k: _rewrite_files(v, job, attempt_id) for k, v in value.items()}
-    return value
+
+    return rewrite(value)
 
 
 def _final_attempt(job: Job) -> Any:
@@ -330,17 +333,13 @@ def view(
     """An output of one of the caller's prompts (`subfolder` = its prompt id), or an uploaded
     input (`type=input`)."""
     if type == "input":
-        name = filename.rsplit("/", 1)[-1]
-        path = gateway.inputs.root / name
-        if re.match(INPUT_NAME_PATTERN, name) and path.is_file():
-            return FileResponse(path, media_type=CONTENT_TYPES.get(path.suffix))
-        raise ApiError(404, "not_found", f"no uploaded input {filename!r}", field="filename")
+        found = input_file(gateway, filename.rsplit("/", 1)[-1])
+        if found is None:
+            raise ApiError(404, "not_found", f"no uploaded input {filename!r}", field="filename")
+        return found
     job = _mine(gateway, principal, subfolder)
-    if job is not None:
-        for output in job.outputs:
-            if output.name == filename:
-                path = output_path(gateway.settings.store.outputs_dir, output)
-                return FileResponse(path, media_type=output.content_type)
+    if job is not None and (found := output_file(gateway, job, filename)) is not None:
+        return found
     raise ApiError(404, "not_found", f"no output {filename!r} in {subfolder!r}", field="filename")
 
 
@@ -442,16 +441,14 @@ async def fleet_object_info(settings: Settings) -> dict[str, Any]:
     async with _object_info.lock:
         if time.monotonic() - _object_info.at < OBJECT_INFO_TTL_S and _object_info.info:
             return _object_info.info
-        urls = [n.url for n in node_states(settings) if n.healthy and n.enabled]
+        urls = [n.url for n in fleet_state.node_states(settings) if n.healthy and n.enabled]
 
         async def one(url: str) -> dict[str, Any]:
             try:
-                async with httpx.AsyncClient(base_url=url, timeout=15.0) as http:
-                    response = await http.get("/object_info")
-                    response.raise_for_status()
-                    found = response.json()
-                    return found if isinstance(found, dict) else {}
-            except (httpx.HTTPError, ValueError) as exc:
+                async with ComfyUIClient(url, timeout=INVENTORY_TIMEOUT_S) as client:
+                    found = await client.object_info()
+                return found if isinstance(found, dict) else {}
+            except (ComfyUIError, ValueError) as exc:
                 log.warning("object_info of %s: %s", url, exc)
                 return {}
 
@@ -479,14 +476,15 @@ async def object_info_one(class_type: str, gateway: GatewayDep, principal: Curre
 @_route("GET", "/models")
 def models(gateway: GatewayDep, principal: CurrentUser) -> Any:
     """Model folders some healthy node has."""
-    inventories = fleet_inventories(gateway.settings).values()
+    inventories = fleet_state.healthy_inventories(gateway.settings).values()
     return sorted({folder for inv in inventories for folder in inv.models})
 
 
 @_route("GET", "/models/{folder}")
 def models_in(folder: str, gateway: GatewayDep, principal: CurrentUser) -> Any:
     """Files of the folder on some healthy node (the union)."""
-    inventories = [i for i in fleet_inventories(gateway.settings).values() if folder in i.models]
+    known = fleet_state.healthy_inventories(gateway.settings).values()
+    inventories = [i for i in known if folder in i.models]
     if not inventories:
         raise ApiError(404, "not_found", f"no healthy node has a model folder {folder!r}")
     return sorted({f for inv in inventories for f in inv.models[folder]})
@@ -503,6 +501,7 @@ class _Followed:
     offset: int = 0
     attempt: str | None = None  # the attempt whose messages are being relayed
     held: list[dict[str, Any]] = field(default_factory=list)  # its `executed` messages
+    ends: list[dict[str, Any]] = field(default_factory=list)  # execution_error/_interrupted
     preview_mtime: float = 0.0
     ended: bool = False
 
@@ -590,7 +589,9 @@ class _Relay:
             kind = message.get("type")
             if kind == "executed":
                 state.held.append(message)
-            elif kind not in ("execution_success", "execution_error", "execution_interrupted"):
+            elif kind in ("execution_error", "execution_interrupted"):
+                state.ends.append(message)
+            elif kind != "execution_success":
                 out.append(_as_client(message, job, None))
         if job.status in ACTIVE:
             out.extend(self._preview(job, state))
@@ -617,7 +618,7 @@ class _Relay:
             attempt_id = final.id if final is not None else None
             held = [m for m in state.held if m["data"].get("prompt_id") == attempt_id]
             out.extend(_as_client(m, job, attempt_id) for m in held)
-        out.append(_end_message(job, _logged(job, None) if job.status != "completed" else []))
+        out.append(_end_message(job, state.ends))
         out.append(_status(None, remaining))
         out.append({"type": "executing", "data": {"node": None, "prompt_id": pid}})
         return out
@@ -627,7 +628,7 @@ async def websocket(websocket: WebSocket) -> None:
     """ComfyUI's websocket: the messages of this client's prompts (`clientId`)."""
     gateway: Gateway = websocket.app.state.gateway
     try:
-        principal = await asyncio.to_thread(_principal, gateway.db, _token(websocket))
+        principal = await asyncio.to_thread(authenticate, gateway.db, _token(websocket))
     except ApiError as exc:
         await websocket.close(code=1008, reason=exc.message[:120])
         return

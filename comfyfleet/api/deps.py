@@ -97,7 +97,8 @@ def _unauthorized(message: str = "missing or invalid bearer token") -> ApiError:
     )
 
 
-def _principal(db: Database, token: str | None) -> Principal:
+def authenticate(db: Database, token: str | None) -> Principal:
+    """The principal of a bearer token (ApiError 401 without one, or for a bad one)."""
     if not token:
         raise _unauthorized()
     principal = db.run(lambda s: authenticate_token(s, token=token), readonly=True)
@@ -109,7 +110,7 @@ def _principal(db: Database, token: str | None) -> Principal:
 def get_principal(
     db: DbDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
-    return _principal(db, credentials.credentials if credentials else None)
+    return authenticate(db, credentials.credentials if credentials else None)
 
 
 def get_principal_or_query(
@@ -125,7 +126,7 @@ def get_principal_or_query(
     ] = None,
 ) -> Principal:
     token = credentials.credentials if credentials else access_token
-    return _principal(db, token)
+    return authenticate(db, token)
 
 
 def get_optional_principal(
@@ -133,7 +134,7 @@ def get_optional_principal(
 ) -> Principal | None:
     if credentials is None:
         return None
-    return _principal(db, credentials.credentials)
+    return authenticate(db, credentials.credentials)
 
 
 CurrentUser = Annotated[Principal, Depends(get_principal)]

@@ -18,12 +18,18 @@ from fastapi import APIRouter, File, Path, Request, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 
 from comfyfleet import jobs
-from comfyfleet.api.deps import CurrentUser, CurrentUserOrQuery, GatewayDep
+from comfyfleet.api.deps import CurrentUser, CurrentUserOrQuery, Gateway, GatewayDep
 from comfyfleet.api.errors import ERROR_RESPONSES, ApiError
-from comfyfleet.api.images import CONTENT_TYPES, INPUT_NAME_PATTERN, INPUTS_PATH, store_image
+from comfyfleet.api.images import (
+    CONTENT_TYPES,
+    INPUT_NAME_PATTERN,
+    INPUTS_PATH,
+    is_stored,
+    store_image,
+)
 from comfyfleet.api.schemas import InputOut, WorkflowOut
 from comfyfleet.catalog import UnknownWorkflowError, Workflow
-from comfyfleet.store.models import Output
+from comfyfleet.store.models import Job, Output
 
 log = logging.getLogger(__name__)
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -58,11 +64,31 @@ def download_output(
 ) -> FileResponse:
     """One output file of a job (its owner or an admin)."""
     job = jobs.get(gateway.db, job_id, principal=principal)
+    found = output_file(gateway, job, name, filename=True)
+    if found is None:
+        raise ApiError(404, "not_found", f"job {job_id} has no output {name!r}", field="name")
+    return found
+
+
+def output_file(
+    gateway: Gateway, job: Job, name: str, *, filename: bool = False
+) -> FileResponse | None:
+    """The job's output `name` as a response (None if it has none of that name); `filename`:
+    sent as an attachment under its name."""
     for output in job.outputs:
         if output.name == name:
             path = output_path(gateway.settings.store.outputs_dir, output)
-            return FileResponse(path, media_type=output.content_type, filename=output.name)
-    raise ApiError(404, "not_found", f"job {job_id} has no output {name!r}", field="name")
+            return FileResponse(path, media_type=output.content_type,
+                                filename=output.name if filename else None)  # fmt: skip
+    return None
+
+
+def input_file(gateway: Gateway, name: str) -> FileResponse | None:
+    """The uploaded input `name` (a content-hash name) as a response (None if there is none)."""
+    if not is_stored(gateway.inputs, name):
+        return None
+    path = gateway.inputs.root / name
+    return FileResponse(path, media_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
 
 
 @router.get("/api/v2/tasks/{job_id}/download", tags=["tasks"], responses=_FILE)
@@ -124,10 +150,10 @@ def get_input(
     principal: CurrentUserOrQuery,
 ) -> FileResponse:
     """An uploaded input image (by its content-hash name)."""
-    path = gateway.inputs.root / name
-    if not path.is_file():
+    found = input_file(gateway, name)
+    if found is None:
         raise ApiError(404, "not_found", f"no uploaded input {name!r}", field="name")
-    return FileResponse(path, media_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
+    return found
 
 
 def workflow_out(workflow: Workflow) -> WorkflowOut:

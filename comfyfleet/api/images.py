@@ -97,8 +97,13 @@ def _decode_check(data: bytes, field: str) -> None:
         ) from None
 
 
+def is_stored(store: InputStore, name: str) -> bool:
+    """`name` is a content-hash input name that the input store holds."""
+    return _NAME_RE.fullmatch(name) is not None and (store.root / name).is_file()
+
+
 def existing_ref(store: InputStore, name: str, *, field: str) -> str:
-    if not _NAME_RE.fullmatch(name) or not (store.root / name).is_file():
+    if not is_stored(store, name):
         raise ApiError(
             422,
             "unknown_input",

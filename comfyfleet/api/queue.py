@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfyfleet.catalog.raw import GRAPH_CAPABILITY
+from comfyfleet.fleet.router import served_capabilities
 from comfyfleet.store import Database, backlog_head, live_attempts_by_node
 
 BACKLOG_LIMIT = 1000
@@ -91,7 +91,7 @@ class QueueView:
     def _read(self) -> QueueSnapshot:
         known = [n for n in self.nodes() if getattr(n, "enabled", True)]
         in_rotation = [n for n in known if getattr(n, "state", "up") == "up"]
-        nodes = {n.id: {*n.capabilities, GRAPH_CAPABILITY} for n in known}  # raw graphs: any
+        nodes = {n.id: set(served_capabilities(n.capabilities)) for n in known}
         everything = set(self.capabilities()) | {c for caps in nodes.values() for c in caps}
         plan: dict[str, set[str]] | set[str] = nodes if nodes else everything
 

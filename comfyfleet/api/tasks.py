@@ -32,6 +32,7 @@ from comfyfleet.api.schemas import (
 )
 from comfyfleet.auth import Principal
 from comfyfleet.catalog import ParamError, UnknownWorkflowError, Workflow
+from comfyfleet.fleet import state as fleet_state
 from comfyfleet.jobs.graphs import submit_graph
 from comfyfleet.jobs.webhooks import deliver_job_event, ensure_secret, scope_of, validate_url
 from comfyfleet.store import TERMINAL_JOB_STATUSES, count_jobs, list_jobs
@@ -161,13 +162,11 @@ def submit_graph_job(
     webhook_url: str | None = None,
 ) -> tuple[Job, str | None]:  # fmt: skip
     """Check and queue a raw graph; (job, webhook secret if created now)."""
-    from comfyfleet.api.comfy import fleet_inventories
-
     if webhook_url is not None:
         validate_url(webhook_url, policy=gateway.webhook_policy())
     job, _ = submit_graph(
-        gateway.db, graph, principal=principal, inventories=fleet_inventories(gateway.settings),
-        settings=gateway.settings, inputs=gateway.inputs, priority=priority,
+        gateway.db, graph, principal=principal, settings=gateway.settings, inputs=gateway.inputs,
+        inventories=fleet_state.healthy_inventories(gateway.settings), priority=priority,
         webhook_url=webhook_url,
     )  # fmt: skip
     secret = ensure_secret(gateway.db, scope=scope_of(job)) if webhook_url else None

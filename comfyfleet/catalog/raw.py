@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from comfyfleet.catalog.errors import CatalogError
@@ -244,8 +245,9 @@ class Inventory:
     output_class_types: frozenset[str] = frozenset()
     models: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def model_files(self) -> frozenset[str]:
+        """Every file in every folder (computed once: the dispatcher asks on every tick)."""
         return frozenset().union(*self.models.values()) if self.models else frozenset()
 
     def missing(self, graph: Mapping[str, Any]) -> tuple[list[str], list[str]]:

@@ -16,7 +16,7 @@ next ones queued, so the GPU never waits for the control plane between two jobs.
 
 Raw graph jobs (workflow `GRAPH_WORKFLOW`) have no catalog entry: the router sees the class types
 and model files their graph names, and places them only on nodes whose inventory (read by the
-monitor) has them all. Every node with a free slot serves `GRAPH_CAPABILITY`.
+monitor) has them all. Every node with a free slot serves raw graphs (`served_capabilities`).
 """
 
 from __future__ import annotations
@@ -30,11 +30,18 @@ from datetime import datetime, timedelta
 
 from comfyfleet import bell
 from comfyfleet.catalog import Catalog, CatalogError
-from comfyfleet.catalog.raw import GRAPH_CAPABILITY, GRAPH_WORKFLOW, Inventory, class_types
+from comfyfleet.catalog.raw import GRAPH_WORKFLOW, class_types
 from comfyfleet.catalog.raw import model_files as graph_model_files
 from comfyfleet.fleet.monitor import Monitor
 from comfyfleet.fleet.planner import Estimates, Work, plan, shape
-from comfyfleet.fleet.router import JobView, NodeView, Router, eligible, free_slots
+from comfyfleet.fleet.router import (
+    JobView,
+    NodeView,
+    Router,
+    eligible,
+    free_slots,
+    served_capabilities,
+)
 from comfyfleet.jobs.shift import STALE_AFTER_S
 from comfyfleet.settings import NodeConfig
 from comfyfleet.store import (
@@ -68,17 +75,6 @@ class Dispatcher:
         self.bells = bell.bell_dir(str(db.url))
         self.estimates = Estimates()
         self._learnt_at = 0.0
-        self._files: dict[str, tuple[Inventory, frozenset[str]]] = {}  # each node's model files
-
-    def _installed(self, node_id: str, inventory: Inventory | None) -> dict[str, object]:
-        """The node's class types and model files for its view (None: not read yet); the
-        union of its model folders is kept while the monitor keeps the same inventory."""
-        if inventory is None:
-            return {}
-        cached = self._files.get(node_id)
-        if cached is None or cached[0] is not inventory:
-            cached = self._files[node_id] = (inventory, inventory.model_files)
-        return {"class_types": inventory.class_types, "model_files": cached[1]}
 
     def snapshot(self, nodes: Iterable[NodeConfig]) -> tuple[list[NodeView], Work]:
         """The fleet as the router sees it now (a node without a live shift has no free slot),
@@ -94,6 +90,7 @@ class Dispatcher:
             health = self.monitor.nodes.get(node.id)
             shift = shifts.get(node.id)
             working = shift is not None and shift.working(stale_after_s=STALE_AFTER_S, now=now)
+            inventory = health.inventory if health else None
             views.append(
                 NodeView.from_config(
                     node,
@@ -102,7 +99,8 @@ class Dispatcher:
                     healthy=bool(health and health.healthy and working),
                     models=health.models if health else None,
                     last_checkpoint=health.last_checkpoint if health else None,
-                    **self._installed(node.id, health.inventory if health else None),
+                    class_types=inventory.class_types if inventory else None,
+                    model_files=inventory.model_files if inventory else None,
                 )
             )
         return views, work
@@ -113,7 +111,7 @@ class Dispatcher:
             return 0
         views, work = await asyncio.to_thread(self.snapshot, nodes)
         free = {
-            v.id: v.capabilities | {GRAPH_CAPABILITY}  # every node may take a raw graph
+            v.id: served_capabilities(v.capabilities)
             for v in views if v.healthy and v.enabled and free_slots(v)
         }  # fmt: skip
         if not free:

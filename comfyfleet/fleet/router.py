@@ -160,6 +160,12 @@ def has_models(node: NodeView, required: Mapping[str, frozenset[str]]) -> bool:
     return all(files <= node.models.get(folder, _EMPTY) for folder, files in required.items())
 
 
+def served_capabilities(capabilities: Iterable[str]) -> frozenset[str]:
+    """The capabilities a node with these takes jobs of: them, and raw graphs (every node may
+    take one; `has_installed` says which can run it)."""
+    return frozenset(capabilities) | {GRAPH_CAPABILITY}
+
+
 def serves(node: NodeView, capability: str) -> bool:
     """The node takes jobs of this capability (every node takes raw graphs)."""
     return capability == GRAPH_CAPABILITY or capability in node.capabilities

@@ -241,6 +241,16 @@ def node_inventories(
     return dict(nodes)
 
 
+def healthy_inventories(settings: Settings | None = None) -> dict[str, Inventory]:
+    """What each healthy node in rotation has installed, by node id (what a raw graph may be
+    routed to now)."""
+    known = node_inventories(settings)
+    return {
+        n.id: known[n.id] for n in node_states(settings)
+        if n.healthy and n.enabled and n.id in known
+    }  # fmt: skip
+
+
 def fleet_service_pid(settings: Settings) -> int | None:
     """The pid of the fleet service that writes the node-state snapshot, if it runs here."""
     try:

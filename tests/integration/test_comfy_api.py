@@ -91,11 +91,11 @@ class ComfyScript:
 
 async def inventories_known(node_ids: list[str], class_type: str = "TestDelay") -> None:
     """Until the gateway sees each node healthy with its inventory read (it has `class_type`)."""
-    from comfyfleet.api.comfy import fleet_inventories
+    from comfyfleet.fleet.state import healthy_inventories
     from comfyfleet.settings import get_settings
 
     def known() -> bool:
-        found = fleet_inventories(get_settings())
+        found = healthy_inventories(get_settings())
         return all(n in found and class_type in found[n].class_types for n in node_ids)
 
     await wait_for(known, timeout=120, what=f"the inventories of {node_ids}")

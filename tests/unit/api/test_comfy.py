@@ -17,9 +17,9 @@ from PIL import Image
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from comfyfleet.api import comfy
 from comfyfleet.catalog.raw import Inventory
 from comfyfleet.comfyui.messages import Executed, Executing, ExecutionStart, Progress
+from comfyfleet.fleet import state
 from comfyfleet.jobs.messages import MessageLog
 from comfyfleet.jobs.previews import preview_path
 from comfyfleet.settings import Settings
@@ -44,7 +44,7 @@ def png(color: str = "red") -> bytes:
 @pytest.fixture(autouse=True)
 def one_node(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fleet: one healthy node with NODE's class types and models."""
-    monkeypatch.setattr(comfy, "fleet_inventories", lambda settings: {"gpu-1": NODE})
+    monkeypatch.setattr(state, "healthy_inventories", lambda settings: {"gpu-1": NODE})
 
 
 def grant(db: Database, username: str) -> None:
